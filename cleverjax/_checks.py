@@ -100,13 +100,13 @@ def as_int_array(name: str, x: Any, *, ndim: int | tuple[int, ...]) -> Array:
     return arr.astype(jnp.int32)
 
 
-def check_simplex_rows(name: str, p: Array) -> Array:
+def check_simplex_rows(name: str, p: Array, *, atol: float = SIMPLEX_ATOL) -> Array:
     """Check that every row of ``p`` is a probability vector; return rows renormalised."""
     p = check_values(p, ~jnp.isfinite(p), f"`{name}` must be finite; got NaN or inf")
     p = check_values(p, p < 0, f"`{name}` must be non-negative; got a negative probability")
     total = jnp.sum(p, axis=-1)
-    off = jnp.abs(total - 1) > SIMPLEX_ATOL
-    message = f"`{name}` rows must sum to 1 (within {SIMPLEX_ATOL})"
+    off = jnp.abs(total - 1) > atol
+    message = f"`{name}` rows must sum to 1 (within {atol:g})"
     if not is_traced(off):
         off_np = np.asarray(off)
         if off_np.any():
@@ -189,3 +189,9 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def as_counts(name: str, x: Any, *, ndim: int | tuple[int, ...] = 2) -> Array:
+    """Annotation counts: whole, non-negative numbers, as int32."""
+    counts = as_int_array(name, x, ndim=ndim)
+    return check_values(counts, counts < 0, f"`{name}` must be non-negative counts; got a negative")

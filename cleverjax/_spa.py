@@ -537,10 +537,11 @@ def biased_distribution(
 
     Examples:
         >>> import jax.numpy as jnp, cleverjax as cj
+        >>> import numpy as np
         >>> p_b = cj.biased_distribution(jnp.array([[0.5, 0.5, 0.0]]), jnp.array([0]),
         ...                              delta=0.2, one_star=1.0)
-        >>> print(jnp.round(p_b, 3))
-        [[0.6 0.4 0. ]]
+        >>> np.round(np.asarray(p_b, float), 3).tolist()
+        [[0.6, 0.4, 0.0]]
 
     References:
         Schmarje et al., "Label Smarter, Not Harder: CleverLabel for Faster Annotation of

@@ -1,0 +1,239 @@
+"""CleverLabel: hand-computed cases, identities, calibration, delta estimation, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cleverjax as cj
+
+C3 = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.0, 0.3, 0.7]])
+
+
+def reference_bc(counts, rho, delta, one_star):
+    """Direct transcription of the reference implementation's offset correction."""
+    out = []
+    for c, r in zip(np.asarray(counts, float), rho):
+        n = c.sum()
+        if n == 0:
+            out.append(np.full(len(c), 1 / len(c)))
+            continue
+        b = min(1, max(0, (c[r] / n - delta) / (one_star - delta)))
+        est = c / max(1, n - c[r]) * (1 - b)
+        est[r] = b
+        out.append(est)
+    return np.array(out)
+
+
+@pytest.mark.parametrize(
+    "counts,rho,delta,one_star,want",
+    [
+        # B = (6/10 - 0.2) / 0.8 = 0.5; others share 0.5 as 3:1.
+        ([6, 3, 1], 0, 0.2, 1.0, [0.5, 0.375, 0.125]),
+        # All annotations on the proposal: B clamps at 1.
+        ([10, 0, 0], 0, 0.1, 0.99, [1.0, 0.0, 0.0]),
+        # Acceptance below delta: B clamps at 0; the rest is the plain share of the others.
+        ([1, 5, 4], 0, 0.2, 0.99, [0.0, 5 / 9, 4 / 9]),
+        # No annotation on the proposal.
+        ([0, 2, 8], 0, 0.1, 0.99, [0.0, 0.2, 0.8]),
+        # One annotation, accepted.
+        ([0, 1, 0], 1, 0.1, 0.99, [0.0, 1.0, 0.0]),
+    ],
+)
+def test_bias_correction_hand_computed(counts, rho, delta, one_star, want):
+    out = cj.bias_correction(jnp.array([counts]), jnp.array([rho]), delta=delta, one_star=one_star)
+    np.testing.assert_allclose(out[0], want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out.sum(axis=1), 1, rtol=1e-6)
+
+
+def test_bias_correction_matches_reference_on_random_counts():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 8, size=(500, 5))
+    counts[:20] = 0  # images without annotations
+    rho = rng.integers(0, 5, size=500)
+    out = cj.bias_correction(counts, rho, delta=0.25, one_star=0.95)
+    np.testing.assert_allclose(out, reference_bc(counts, rho, 0.25, 0.95), rtol=1e-6, atol=1e-7)
+    assert not np.isnan(np.asarray(out)).any()
+
+
+def test_bias_correction_is_identity_without_bias():
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 6, size=(200, 4))
+    counts[counts.sum(axis=1) == 0, 0] = 1
+    rho = rng.integers(0, 4, size=200)
+    out = cj.bias_correction(counts, rho, delta=0.0, one_star=1.0)
+    np.testing.assert_allclose(out, counts / counts.sum(axis=1, keepdims=True), rtol=1e-6)
+
+
+def test_zero_annotations_documented_results():
+    counts = jnp.zeros((2, 3), jnp.int32)
+    rho = jnp.array([0, 2])
+    np.testing.assert_allclose(cj.bias_correction(counts, rho), np.full((2, 3), 1 / 3))
+    np.testing.assert_allclose(cj.soft_labels(counts), np.full((2, 3), 1 / 3))
+    # CleverLabel without any annotation: the class-blending row of the proposal.
+    np.testing.assert_allclose(cj.cleverlabel(counts, rho, C3), C3[[0, 2]], rtol=1e-6)
+
+
+def test_class_blending_hand_computed():
+    est = jnp.array([[0.2, 0.5, 0.3], [0.4, 0.4, 0.2]])  # argmax 1; tie -> lowest index 0
+    out = cj.class_blending(est, C3, mu=0.6)
+    want = 0.6 * np.asarray(est) + 0.4 * C3[[1, 0]]
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    np.testing.assert_allclose(cj.class_blending(est, C3, mu=1.0), est, rtol=1e-6)
+    np.testing.assert_allclose(cj.class_blending(est, C3, mu=0.0), C3[[1, 0]], rtol=1e-6)
+
+
+def test_cleverlabel_is_bc_then_cb():
+    rng = np.random.default_rng(2)
+    counts = rng.integers(0, 10, size=(300, 3))
+    counts[counts.sum(axis=1) == 0, 1] = 2
+    rho = rng.integers(0, 3, size=300)
+    bc = cj.bias_correction(counts, rho, delta=0.15, one_star=0.98)
+    want = cj.class_blending(bc, C3, mu=0.7)
+    got = cj.cleverlabel(counts, rho, C3, delta=0.15, one_star=0.98, mu=0.7)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_cleverlabel_with_initial_labels_hand_computed():
+    # N' = 4 biased (3 on the proposal 0), n0 = 2 initial labels (1, 1).
+    counts, rho, initial = [[3, 1, 0]], [0], [[0, 1, 1]]
+    b = (3 / 4 - 0.1) / (0.99 - 0.1)
+    est = np.array([b, (1 - b), 0.0])
+    data = 4 / 6 * est + 2 / 6 * np.array([0, 0.5, 0.5])
+    want = 0.75 * data + 0.25 * C3[0]
+    got = cj.cleverlabel(counts, rho, C3, initial=initial)
+    np.testing.assert_allclose(got[0], want, rtol=1e-6)
+    # Only initial labels: CB uses the proposal's row.
+    got = cj.cleverlabel([[0, 0, 0]], [2], C3, initial=[[0, 2, 0]])
+    np.testing.assert_allclose(got[0], 0.75 * np.array([0, 1, 0]) + 0.25 * C3[2], rtol=1e-6)
+
+
+def test_estimate_class_matrix_and_fallbacks():
+    counts = np.array([[9, 1, 0], [7, 3, 0], [2, 8, 0], [0, 0, 0]])
+    ident = cj.estimate_class_matrix(counts)
+    np.testing.assert_allclose(ident, [[0.8, 0.2, 0.0], [0.2, 0.8, 0.0], [0, 0, 1]], atol=1e-6)
+    uni = cj.estimate_class_matrix(counts, fallback="uniform")
+    np.testing.assert_allclose(uni[2], [1 / 3] * 3, rtol=1e-6)
+    pooled = cj.estimate_class_matrix(counts, fallback="pooled")
+    np.testing.assert_allclose(pooled[2], [0.6, 0.4, 0.0], rtol=1e-6)
+    soft = cj.estimate_class_matrix(np.array([[0.9, 0.1, 0.0], [0.7, 0.3, 0.0]]))
+    np.testing.assert_allclose(soft[0], [0.8, 0.2, 0.0], rtol=1e-6)
+
+
+def test_calibration_sample_recovers_class_matrix():
+    pre = cj.preset("CIFAR10H")
+    p = cj.sample_ground_truth(jax.random.key(3), pre, num_images=5000)
+    cal = cj.calibration_sample(jax.random.key(4), p, num_images=2000, num_annotations=50)
+    assert len(set(np.asarray(cal.indices).tolist())) == 2000
+    assert (np.asarray(cal.counts).sum(axis=1) == 50).all()
+    matrix = np.asarray(cj.estimate_class_matrix(cal.counts))
+    # The argmax-conditional means of this generator are close to the preset's matrix.
+    assert np.abs(matrix - pre.class_matrix).max() < 0.1
+
+
+def test_estimate_delta_recovers_parameters():
+    """Errors within z = 3.9 jackknife standard errors; a wrong delta is rejected."""
+    p = cj.sample_ground_truth(jax.random.key(5), "Plankton", num_images=20000)
+    rho = cj.propose(jax.random.key(6), p, accuracy=0.6)
+    u = cj.sample_annotations(jax.random.key(7), p, num_annotations=10)
+    b = cj.simulate_counts(jax.random.key(8), p, rho, num_annotations=10, delta=0.35, one_star=0.95)
+    est = cj.estimate_delta(u, b, rho)
+    assert est.num_images == 20000
+    assert abs(est.delta - 0.35) <= 3.9 * est.delta_se
+    assert abs(est.one_star - 0.95) <= 3.9 * est.one_star_se
+    assert abs(est.delta - 0.45) > 3.9 * est.delta_se  # negative control
+    # Without the attenuation correction the slope is biased towards 0.
+    naive = cj.estimate_delta(u, b, rho, correct_attenuation=False)
+    assert naive.one_star < est.one_star and naive.delta > est.delta
+
+
+def test_kl_divergence_against_numpy():
+    rng = np.random.default_rng(9)
+    gt = rng.dirichlet(np.full(4, 0.3), size=100)
+    gt[:10] = np.eye(4)[rng.integers(0, 4, 10)]
+    est = rng.dirichlet(np.ones(4), size=100)
+    y, x = np.clip(gt, 1e-5, 1 - 1e-5), np.clip(est, 1e-5, 1 - 1e-5)
+    want = np.mean(np.sum(y * np.log(y / x), axis=1))
+    np.testing.assert_allclose(cj.kl_divergence(gt, est), want, rtol=1e-5)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exact = np.where(gt > 0, gt * np.log(gt / est), 0).sum(axis=1)
+    np.testing.assert_allclose(
+        cj.kl_divergence(gt, est, exact=True, reduce=False), exact, rtol=1e-5, atol=1e-7
+    )
+    assert np.isinf(float(cj.kl_divergence([[0.5, 0.5]], [[1.0, 0.0]], exact=True)))
+    assert float(cj.kl_divergence(gt, gt, exact=True)) == pytest.approx(0, abs=1e-6)
+
+
+def test_budget_and_guideline():
+    np.testing.assert_allclose(
+        cj.budget(
+            num_annotations=jnp.array([10, 20]), speedup=2.5, fraction_annotated=0.5, initial=0.1
+        ),
+        [2.1, 4.1],
+    )
+    assert cj.annotation_guideline(bias_acceptable=True, speedup=1.0).use_proposals
+    g = cj.annotation_guideline(bias_acceptable=False, speedup=2.5)
+    assert not g.use_proposals and g.use_class_blending
+    assert cj.annotation_guideline(bias_acceptable=False, speedup=10.0).use_cleverlabel
+    with pytest.raises(ValueError, match="`speedup` must lie in"):
+        cj.budget(num_annotations=1, speedup=0.0)
+
+
+def test_figure3_grid_on_a_small_preset():
+    p = cj.sample_ground_truth(jax.random.key(10), "MiceBone", num_images=400)
+    fig = cj.figure3(
+        jax.random.key(11), p, deltas=(0.1, 0.5), num_annotations=(1, 5, 50), num_seeds=2
+    )
+    assert fig.table.shape == (2 * 3 * 2 * 8, 5)
+    assert list(fig.medians.columns) == list(cj.FIGURE3_METHODS)
+    assert list(fig.ablation.columns) == list(cj.TABLE2_METHODS)
+    assert np.isfinite(fig.table["kl"]).all() and (fig.table["kl"] >= 0).all()
+    # GT does not depend on delta; CleverLabel with the true delta 0.1 equals CleverLabel.
+    t = fig.table.set_index(["method", "delta", "num_annotations", "seed"])["kl"].sort_index()
+    np.testing.assert_allclose(t["GT", 0.1], t["GT", 0.5], rtol=1e-6)
+    np.testing.assert_allclose(t["CleverLabel", 0.1], t["CleverLabel+GT delta", 0.1], rtol=1e-6)
+    assert set(fig.budget["speedup"]) == {1.0, 2.5, 10.0}
+    findings = cj.check_findings(fig)
+    assert len(findings) == 4 and all(isinstance(f.holds, bool) for f in findings)
+
+
+def test_figure3_on_cifar10h(cifar10h_counts):
+    p = cifar10h_counts / cifar10h_counts.sum(axis=1, keepdims=True)
+    fig = cj.figure3(jax.random.key(0), p[:2000], num_annotations=(1, 100))
+    med = fig.medians
+    assert med.loc[100, "CleverLabel"] < med.loc[1, "CleverLabel"]
+    assert med.loc[100, "GT"] < med.loc[100, "SPA"]
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: cj.bias_correction([[1, -1]], [0]), r"`counts` must be non-negative"),
+        (lambda: cj.bias_correction([[1.5, 1]], [0]), r"`counts` must hold whole numbers; got 1.5"),
+        (lambda: cj.bias_correction([[1, 1]], [2]), r"`proposals` must be class indices"),
+        (lambda: cj.bias_correction([[1, 1]], [0, 1]), r"`proposals` must have shape \(1\)"),
+        (lambda: cj.bias_correction([[1, 1]], [0], delta=0.99), r"`delta` must lie in \[0, 0.99\)"),
+        (lambda: cj.bias_correction([[1, 1]], [0], one_star=1.5), r"`one_star` must lie in"),
+        (lambda: cj.class_blending([[0.5, 0.5]], np.eye(3)), r"`class_matrix` must have shape"),
+        (
+            lambda: cj.class_blending([[0.5, 0.5]], [[0.5, 0.2], [0, 1]]),
+            r"`class_matrix` rows must sum to 1",
+        ),
+        (lambda: cj.class_blending([[0.5, 0.5]], np.eye(2), mu=1.5), r"`mu` must lie in \[0, 1\]"),
+        (lambda: cj.class_blending([[0.5, 0.6]], np.eye(2)), r"`estimate` rows must sum to 1"),
+        (
+            lambda: cj.cleverlabel([[1, 1]], [0], np.eye(2), initial=[[1, 1, 1]]),
+            r"`initial` must have shape \(1, 2\)",
+        ),
+        (lambda: cj.kl_divergence([[0.5, 0.5]], [[0.5, 0.5, 0]]), r"`estimate` must have shape"),
+        (lambda: cj.kl_divergence([[0.5, np.nan]], [[0.5, 0.5]]), r"`gt` must be finite"),
+        (lambda: cj.estimate_delta([[1, 1]], [[1, 1]], [0]), r"at least 3 images"),
+        (
+            lambda: cj.calibration_sample(jax.random.key(0), np.eye(3), num_images=5),
+            r"`num_images` must be an int in \[1, 3\]",
+        ),
+    ],
+)
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

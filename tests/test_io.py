@@ -1,0 +1,590 @@
+"""Annotation I/O: long tables (CSV, Parquet, DataFrames), dense counts and DCIC's JSON."""
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cleverjax._io import (
+    AnnotationTable,
+    Counts,
+    DCICOutput,
+    annotations_to_table,
+    counts_to_table,
+    read_annotations,
+    read_dcic_annotations,
+    read_dcic_output,
+    to_counts,
+    write_dcic_output,
+    write_table,
+)
+
+COUNTS = np.array([[3, 0, 1], [0, 2, 2], [1, 1, 1], [0, 0, 4]])
+PROPOSALS = np.array([0, 2, -1, 2])
+CLASSES = ("cat", "dog", "fox")
+HEADER = "task,worker,label,proposal\n"
+
+
+def write_csv(tmp_path, text, name="annotations.csv"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def assert_accounting(table):
+    assert table.num_rows_read == table.num_annotations + len(table.rejected)
+    assert list(table.rejected.columns) == ["row", "column", "value", "reason"]
+
+
+# ----------------------------------------------------------------------------------
+# Round trips
+# ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".pq"])
+def test_counts_table_counts_round_trip(tmp_path, suffix):
+    path = tmp_path / "nested" / f"annotations{suffix}"
+    write_table(counts_to_table(COUNTS, PROPOSALS, classes=CLASSES), path)
+    table = read_annotations(path)
+    assert isinstance(table, AnnotationTable)
+    assert table.source == str(path)
+    assert table.classes == CLASSES and table.tasks == ("0", "1", "2", "3")
+    assert table.num_classes == 3 and table.num_tasks == 4 and table.num_rows_read == 15
+    for field in (table.task, table.worker, table.label, table.proposal):
+        assert field.dtype == np.int32 and field.shape == (15,)
+    assert_accounting(table)
+    counts = to_counts(table)
+    assert isinstance(counts, Counts)
+    shown = PROPOSALS >= 0
+    np.testing.assert_array_equal(counts.biased, np.where(shown[:, None], COUNTS, 0))
+    np.testing.assert_array_equal(counts.unbiased, np.where(shown[:, None], 0, COUNTS))
+    np.testing.assert_array_equal(counts.proposals, PROPOSALS)
+    assert counts.biased.dtype == counts.proposals.dtype == np.int32
+    # table -> frame -> table -> counts gives the same counts again.
+    again = to_counts(read_annotations(table.to_frame()))
+    for a, b in zip(again, counts, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_round_trip_without_proposals_gives_unbiased_counts():
+    counts = to_counts(read_annotations(counts_to_table(COUNTS)))
+    np.testing.assert_array_equal(counts.unbiased, COUNTS)
+    assert not counts.biased.any()
+    np.testing.assert_array_equal(counts.proposals, -np.ones(4))
+    assert counts.classes == ("0", "1", "2")
+
+
+def test_unused_class_needs_classes_argument():
+    c = np.array([[2, 0, 1], [1, 0, 3]])
+    df = counts_to_table(c, classes=CLASSES)
+    assert read_annotations(df).classes == ("cat", "fox")
+    counts = to_counts(read_annotations(df, classes=CLASSES))
+    np.testing.assert_array_equal(counts.unbiased, c)
+
+
+def test_counts_to_table_rows_and_workers():
+    df = counts_to_table(np.array([[0, 2], [1, 0]]), np.array([1, -1]), tasks=["x", "y"])
+    assert list(df.columns) == ["task", "worker", "label", "proposal"]
+    assert df.values.tolist() == [
+        ["x", "w0", "1", "1"],
+        ["x", "w1", "1", "1"],
+        ["y", "w0", "0", ""],
+    ]
+    custom = counts_to_table(np.array([[1, 1]]), worker_prefix="ann")
+    assert custom["worker"].tolist() == ["ann0", "ann1"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(counts=np.array([[1, -2]])), r"`counts` must be non-negative counts; got -2"),
+        (dict(counts=np.array([[1.5, 0.0]])), r"`counts` must hold whole numbers; got 1.5"),
+        (dict(counts=np.array([1, 2])), r"`counts` must have 2 dimension"),
+        (dict(counts=np.ones((2, 2), int), proposals=np.array([0, 2])), r"`proposals`.*got 2"),
+        (dict(counts=np.ones((2, 2), int), classes=["a"]), r"`classes` must have 2 names"),
+        (dict(counts=np.ones((2, 2), int), tasks=["a", "a"]), r"`tasks` has 'a' twice"),
+    ],
+)
+def test_counts_to_table_rejects_bad_input(kwargs, match):
+    counts = kwargs.pop("counts")
+    with pytest.raises(ValueError, match=match):
+        counts_to_table(counts, **kwargs)
+
+
+def test_annotations_to_table_from_simulation():
+    import jax
+
+    import cleverjax as cj
+
+    p = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.1, 0.8, 0.1]])
+    rho = np.array([0, 2, 1])
+    pool = cj.Annotators(np.full(6, 0.2))
+    batch = cj.simulate_annotations(
+        jax.random.key(0),
+        p,
+        rho,
+        num_annotations=np.array([5, 3, 4]),
+        delta=pool,
+        return_details=True,
+    )
+    labels = np.asarray(batch.labels)
+    df = annotations_to_table(labels, rho, workers=np.asarray(batch.worker))
+    table = read_annotations(df, classes=["0", "1", "2"])
+    assert table.num_annotations == int((labels >= 0).sum()) == 12
+    counts = to_counts(table)
+    expected = np.stack([np.bincount(r[r >= 0], minlength=3) for r in labels])
+    np.testing.assert_array_equal(counts.biased, expected)
+    np.testing.assert_array_equal(counts.proposals, rho)
+    workers = np.asarray(batch.worker)
+    assert sorted(df["worker"][df["task"] == "0"]) == sorted(f"w{w}" for w in workers[0, :5])
+
+
+def test_annotations_to_table_defaults_and_errors():
+    df = annotations_to_table(np.array([[2, -1], [0, 1]]), classes=["a", "b", "c"])
+    assert df.values.tolist() == [["0", "w0", "c", ""], ["1", "w0", "a", ""], ["1", "w1", "b", ""]]
+    with pytest.raises(ValueError, match=r"`labels` must be class indices in \[0, 2\).*\(0, 1\)"):
+        annotations_to_table(np.array([[0, 2]]), classes=["a", "b"])
+    with pytest.raises(ValueError, match=r"`workers` must be >= 0 .* \(0, 1\)"):
+        annotations_to_table(np.array([[0, 1]]), workers=np.array([[3, -1]]))
+    with pytest.raises(ValueError, match=r"`labels` must be class indices or -1"):
+        annotations_to_table(np.array([[0, -2]]))
+
+
+# ----------------------------------------------------------------------------------
+# Reading: names, types, classes
+# ----------------------------------------------------------------------------------
+
+
+def test_csv_keeps_names_as_written(tmp_path):
+    path = write_csv(tmp_path, "task,worker,label,extra\n01,007,NA,x\n1,7,null,y\n01,7,NA,z\n")
+    table = read_annotations(path)
+    assert table.tasks == ("01", "1")
+    assert table.workers == ("007", "7")
+    assert table.classes == ("NA", "null")  # neither is a missing value
+    np.testing.assert_array_equal(table.task, [0, 1, 0])
+    np.testing.assert_array_equal(table.proposal, [-1, -1, -1])
+
+
+def test_integer_labels_sort_numerically_and_strings_lexicographically(tmp_path):
+    ints = write_csv(tmp_path, "task,worker,label\nt,a,10\nt,b,2\nt,c,1\n", "ints.csv")
+    assert read_annotations(ints).classes == ("1", "2", "10")
+    names = write_csv(tmp_path, "task,worker,label\nt,a,b10\nt,b,b2\nt,c,B\n", "names.csv")
+    assert read_annotations(names).classes == ("B", "b10", "b2")
+    # Leading zeros make a name, not an integer.
+    zeros = write_csv(tmp_path, "task,worker,label\nt,a,01\nt,b,02\n", "zeros.csv")
+    assert read_annotations(zeros).classes == ("01", "02")
+
+
+def test_crowdkit_dataframe_without_proposal_column():
+    df = pd.DataFrame(
+        {"task": [7, 7, 8, 8], "worker": [1, 2, 1, 3], "label": [0, 1, 1, 1], "score": 0.5}
+    )
+    table = read_annotations(df)
+    assert table.source == "<DataFrame>"
+    assert table.tasks == ("7", "8") and table.workers == ("1", "2", "3")
+    assert table.classes == ("0", "1")
+    np.testing.assert_array_equal(table.proposal, [-1, -1, -1, -1])
+    counts = to_counts(table)
+    np.testing.assert_array_equal(counts.unbiased, [[1, 1], [0, 2]])
+    np.testing.assert_array_equal(counts.proposals, [-1, -1])
+
+
+def test_dataframe_missing_values_and_integer_proposals():
+    df = pd.DataFrame(
+        {
+            "task": ["a", "a", "b"],
+            "worker": ["x", "y", "x"],
+            "label": [0.0, 1.0, 1.0],  # floats holding whole numbers are integers
+            "proposal": [1, -1, 1],  # -1: no proposal shown
+        }
+    )
+    table = read_annotations(df, classes=["cat", "dog"])
+    np.testing.assert_array_equal(table.label, [0, 1, 1])
+    np.testing.assert_array_equal(table.proposal, [1, -1, 1])
+    bad = df.assign(worker=["x", None, "x"])
+    with pytest.raises(ValueError, match=r"<DataFrame>, row 1, column 'worker': missing value"):
+        read_annotations(bad)
+
+
+def test_classes_argument_fixes_order():
+    df = pd.DataFrame({"task": ["a", "b"], "worker": ["x", "x"], "label": ["cat", "dog"]})
+    table = read_annotations(df, classes=("dog", "cat", "fox"))
+    assert table.classes == ("dog", "cat", "fox")
+    np.testing.assert_array_equal(table.label, [1, 0])
+    # Integer labels index the given classes.
+    ints = df.assign(label=[2, 0])
+    np.testing.assert_array_equal(
+        read_annotations(ints, classes=("dog", "cat", "fox")).label, [2, 0]
+    )
+
+
+def test_integer_class_names_match_by_name():
+    df = pd.DataFrame({"task": ["a", "b"], "worker": ["x", "x"], "label": [5, 1]})
+    table = read_annotations(df, classes=["1", "2", "3", "4", "5"])
+    np.testing.assert_array_equal(table.label, [4, 0])
+
+
+@pytest.mark.parametrize("classes, error", [("cat", TypeError), ([], ValueError)])
+def test_classes_argument_is_checked(classes, error):
+    df = pd.DataFrame({"task": ["a"], "worker": ["x"], "label": ["cat"]})
+    with pytest.raises(error, match="`classes`"):
+        read_annotations(df, classes=classes)
+
+
+# ----------------------------------------------------------------------------------
+# Reading: bad files
+# ----------------------------------------------------------------------------------
+
+BAD_ROWS = {
+    "missing task": (
+        HEADER + "t1,a,cat,\n,b,cat,\n",
+        3,
+        "'task'",
+        "missing value",
+    ),
+    "missing worker": (HEADER + "t1,a,cat,\nt1,,cat,\n", 3, "'worker'", "missing value"),
+    "missing label": (HEADER + "t1,a,cat,\nt2,a,dog,\nt2,b,,\n", 4, "'label'", "missing value"),
+    "unknown label": (
+        HEADER + "t1,a,cat,\nt1,b,dog,\nt2,a,cat,\nt2,b,cat,\nt3,a,dog,\nt3,b,dgo,\n",
+        7,
+        "'label'",
+        "'dgo' is not a known class; known: cat, dog",
+    ),
+    "unknown proposal": (
+        HEADER + "t1,a,cat,cta\n",
+        2,
+        "'proposal'",
+        "'cta' is not a known class; known: cat, dog",
+    ),
+    "index out of range": (
+        HEADER + "t1,a,0,\nt1,b,2,\n",
+        3,
+        "'label'",
+        r"class index 2 is out of range for 2 classes \(cat, dog\)",
+    ),
+    "negative index": (HEADER + "t1,a,1,\nt1,b,-3,\n", 3, "'label'", "negative class index -3"),
+    "mixed types": (
+        HEADER + "t1,a,cat,\nt1,b,dog,\nt1,c,1,\n",
+        4,
+        "'label'",
+        "mixed-type labels: '1' is an integer but most labels are class names",
+    ),
+    "duplicate": (
+        HEADER + "t1,a,cat,dog\nt1,b,cat,dog\nt1,a,cat,dog\n",
+        4,
+        "'task', 'worker', 'label', 'proposal'",
+        "exact duplicate of row 2",
+    ),
+    "conflicting proposals": (
+        HEADER + "t1,a,cat,cat\nt1,b,cat,\nt1,c,dog,dog\n",
+        4,
+        "'proposal'",
+        "task 't1' is shown proposal 'dog' here but 'cat' in row 2; SPA assumes one proposal",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS))
+def test_bad_row_names_file_row_and_column(tmp_path, case):
+    text, row, column, reason = BAD_ROWS[case]
+    path = write_csv(tmp_path, text)
+    classes = ["cat", "dog"] if case != "negative index" else None
+    pattern = rf"^{re.escape(str(path))}, row {row}, columns? {column}: {reason}"
+    with pytest.raises(ValueError, match=pattern):
+        read_annotations(path, classes=classes)
+
+
+def test_rows_with_and_without_proposal_share_a_task(tmp_path):
+    path = write_csv(tmp_path, HEADER + "t1,a,cat,\nt1,b,cat,dog\nt1,c,dog,\nt1,d,dog,dog\n")
+    counts = to_counts(read_annotations(path))
+    np.testing.assert_array_equal(counts.biased, [[1, 1]])
+    np.testing.assert_array_equal(counts.unbiased, [[1, 1]])
+    np.testing.assert_array_equal(counts.proposals, [1])
+
+
+def test_blank_lines_keep_row_numbers(tmp_path):
+    path = write_csv(tmp_path, HEADER + "t1,a,cat,\n\nt1,b,dgo,\n\n")
+    with pytest.raises(ValueError, match=r"row 4, column 'label': 'dgo' is not a known class"):
+        read_annotations(path, classes=["cat"])
+
+
+def test_missing_columns_are_all_named(tmp_path):
+    path = write_csv(tmp_path, "image,worker,class\nt1,a,cat\n")
+    pattern = (
+        rf"{re.escape(str(path))}: missing required column\(s\) 'task', 'label'; "
+        r"found columns: 'image', 'worker', 'class'"
+    )
+    with pytest.raises(ValueError, match=pattern):
+        read_annotations(path)
+
+
+@pytest.mark.parametrize(
+    "text, match", [("", "no annotations"), ("task,worker,label\n", "no annotations")]
+)
+def test_empty_file_has_no_annotations(tmp_path, text, match):
+    path = write_csv(tmp_path, text)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: {match}"):
+        read_annotations(path)
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('task,worker,label\nt1,a,"cat\n', "EOF inside string"),
+        ("task,worker,label\nt1,a,cat\nt1,b,cat,extra\n", "Expected 3 fields in line 3"),
+        ("task,worker,label\nt1,a,cat,extra\n", "does not match length of data"),
+        ("task,worker,label,label\nt1,a,cat,dog\n", "column 'label' appears 2 times"),
+    ],
+)
+def test_malformed_csv_names_file_and_pandas_message(tmp_path, text, match):
+    path = write_csv(tmp_path, text)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: .*{match}"):
+        read_annotations(path)
+
+
+def test_malformed_parquet(tmp_path):
+    path = tmp_path / "annotations.parquet"
+    path.write_bytes(b"not a parquet file")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: cannot be read as Parquet"):
+        read_annotations(path)
+
+
+def test_missing_file_and_unknown_suffix(tmp_path):
+    missing = tmp_path / "nowhere.csv"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
+        read_annotations(missing)
+    with pytest.raises(ValueError, match=r"annotations\.txt.*'\.txt'.*\.csv, \.parquet, \.pq"):
+        read_annotations(tmp_path / "annotations.txt")
+    with pytest.raises(ValueError, match=r"out\.json.*'\.json'.*\.csv, \.parquet, \.pq"):
+        write_table(pd.DataFrame({"a": [1]}), tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()
+
+
+# ----------------------------------------------------------------------------------
+# on_error="skip"
+# ----------------------------------------------------------------------------------
+
+
+def test_skip_accounts_for_every_row(tmp_path):
+    path = write_csv(
+        tmp_path,
+        HEADER
+        + "t1,a,cat,dog\n"  # row 2: used
+        + "t1,b,dgo,dog\n"  # row 3: unknown class
+        + "t2,,cat,\n"  # row 4: missing worker
+        + "t1,a,cat,dog\n"  # row 5: duplicate of row 2
+        + "t1,c,dog,cat\n"  # row 6: conflicting proposal
+        + "t2,a,dog,\n"  # row 7: used
+        + "t3,a,cat,cat\n",  # row 8: used
+    )
+    with pytest.warns(UserWarning, match=r"rejected 4 of 7 rows.*first: .*row 3, column 'label'"):
+        table = read_annotations(path, classes=["cat", "dog"], on_error="skip")
+    assert_accounting(table)
+    assert table.num_rows_read == 7 and table.num_annotations == 3
+    assert table.rejected["row"].tolist() == [3, 4, 5, 6]
+    assert table.rejected["column"].tolist() == [
+        "label",
+        "worker",
+        "task,worker,label,proposal",
+        "proposal",
+    ]
+    assert table.rejected["value"].tolist()[:2] == ["dgo", ""]
+    reasons = table.rejected["reason"].tolist()
+    assert "not a known class" in reasons[0] and reasons[1] == "missing value"
+    assert reasons[2] == "exact duplicate of row 2" and "but 'dog' in row 2" in reasons[3]
+    assert table.tasks == ("t1", "t2", "t3")
+    counts = to_counts(table)
+    np.testing.assert_array_equal(counts.biased, [[1, 0], [0, 0], [1, 0]])
+    np.testing.assert_array_equal(counts.unbiased, [[0, 0], [0, 1], [0, 0]])
+    np.testing.assert_array_equal(counts.proposals, [1, -1, 0])
+
+
+def test_skip_without_problems_does_not_warn(tmp_path):
+    path = write_csv(tmp_path, HEADER + "t1,a,cat,\n")
+    table = read_annotations(path, on_error="skip")  # a warning would fail this test
+    assert table.rejected.empty and table.num_rows_read == 1
+
+
+def test_skip_with_every_row_bad_raises(tmp_path):
+    path = write_csv(tmp_path, HEADER + "t1,a,dgo,\nt2,a,cta,\n")
+    with pytest.raises(ValueError, match=r"all 2 rows were rejected; first: .*row 2"):
+        read_annotations(path, classes=["cat"], on_error="skip")
+
+
+# ----------------------------------------------------------------------------------
+# DCIC
+# ----------------------------------------------------------------------------------
+
+
+def dcic_set(entries):
+    return {
+        "name": "INVALID42",
+        "user_mail": "INVALID",
+        "annotation_time": 0.0,
+        "dataset_name": "Pig",
+        "annotations": [
+            {"image_path": p, "class_label": c, "created_at": "01-01-2022-00-00-00"}
+            for p, c in entries
+        ],
+    }
+
+
+def write_json(tmp_path, doc, name="annotations.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
+
+
+def test_read_dcic_annotations(tmp_path):
+    sets = [
+        dcic_set([("Pig/b.png", "sick"), ("Pig/a.png", "healthy"), ("Pig/b.png", "sick")]),
+        dcic_set([("Pig/a.png", None), ("Pig/a.png", "healthy"), ("Pig/c.png", "sick")]),
+    ]
+    table = read_dcic_annotations(write_json(tmp_path, sets))  # no warning for null labels
+    assert_accounting(table)
+    assert table.num_rows_read == 6 and table.num_annotations == 5
+    assert table.tasks == ("Pig/b.png", "Pig/a.png", "Pig/c.png")
+    assert table.workers == ("set0", "set1")
+    assert table.classes == ("healthy", "sick")
+    assert table.rejected.values.tolist() == [[3, "class_label", "", "no class label"]]
+    counts = to_counts(table)
+    # Repeated entries of one set are separate annotations, as the benchmark counts them.
+    np.testing.assert_array_equal(counts.unbiased, [[0, 2], [2, 0], [0, 1]])
+    np.testing.assert_array_equal(counts.proposals, [-1, -1, -1])
+    fixed = read_dcic_annotations(write_json(tmp_path, sets), classes=["sick", "healthy", "x"])
+    np.testing.assert_array_equal(to_counts(fixed).unbiased, [[2, 0, 0], [0, 2, 0], [1, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    "doc, match",
+    [
+        ({"annotations": []}, r"expected a JSON list of annotation sets; got an object"),
+        ([{"name": "x"}], r"set 0: missing key 'annotations'"),
+        (
+            [dcic_set([("a", "x")]), {"annotations": [{"image_path": "b"}]}],
+            r"set 1, annotation 0: missing key 'class_label'",
+        ),
+        (
+            [dcic_set([("a", "x"), ("b", "x")]) | {"annotations": [{}, {"class_label": "x"}]}],
+            r"set 0, annotation 0: missing key 'image_path'",
+        ),
+        ([dcic_set([])], r"no annotations"),
+    ],
+)
+def test_read_dcic_annotations_structure_errors(tmp_path, doc, match):
+    path = write_json(tmp_path, doc)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: {match}"):
+        read_dcic_annotations(path)
+
+
+def test_read_dcic_annotations_bad_json_and_unknown_class(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"annotations": [', encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(broken))}: not valid JSON"):
+        read_dcic_annotations(broken)
+    path = write_json(tmp_path, [dcic_set([("a", "x")]), dcic_set([("a", "x"), ("b", "y")])])
+    pattern = rf"{re.escape(str(path))}, set 1, annotation 1, key 'class_label': 'y' is not a"
+    with pytest.raises(ValueError, match=pattern):
+        read_dcic_annotations(path, classes=["x"])
+    with pytest.warns(UserWarning, match="rejected 1 of 3 rows"):
+        table = read_dcic_annotations(path, classes=["x"], on_error="skip")
+    assert table.num_annotations == 2 and table.rejected["row"].tolist() == [2]
+
+
+def test_dcic_output_round_trip(tmp_path):
+    p = np.array([[0.7, 0.2, 0.1], [0.0, 0.0, 1.0]])
+    path = tmp_path / "out" / "Pig-2.json"
+    write_dcic_output(
+        path,
+        dataset_name="Pig",
+        v_fold=2,
+        classes=list(CLASSES),
+        paths=["Pig/a.png", "Pig/b.png"],
+        soft_labels=p,
+        splits=["train", "val"],
+        budget=3,
+        weighted_budget=1.5,
+    )
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    assert set(raw) == {"name", "v_fold", "classes", "budget", "weighted_budget", "images"}
+    assert raw["images"][1] == {
+        "path": "Pig/b.png",
+        "split": "val",
+        "gt_verbose": "fox",
+        "gt": 2,
+        "soft_gt": [0.0, 0.0, 1.0],
+        "info": {},
+    }
+    out = read_dcic_output(path)
+    assert isinstance(out, DCICOutput)
+    assert (out.name, out.v_fold, out.classes) == ("Pig", 2, CLASSES)
+    assert out.paths == ("Pig/a.png", "Pig/b.png") and out.splits == ("train", "val")
+    assert (out.budget, out.weighted_budget) == (3.0, 1.5)
+    np.testing.assert_array_equal(out.soft_labels, p)
+
+
+@pytest.mark.parametrize("v_fold", [0, 6, -1])
+def test_dcic_output_rejects_bad_v_fold(tmp_path, v_fold):
+    path = tmp_path / "fold.json"
+    with pytest.raises(ValueError, match=rf"`v_fold` must be an int from 1 to 5; got {v_fold}"):
+        write_dcic_output(
+            path, dataset_name="Pig", v_fold=v_fold, classes=["a"], paths=["x"], soft_labels=[[1]]
+        )
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    "soft, match",
+    [
+        ([[0.5, 0.5], [0.5, 0.6]], r"`soft_labels` row 1 \(path 'y'\) does not sum to 1"),
+        ([[0.5, 0.5], [1.5, -0.5]], r"`soft_labels` row 1 \(path 'y'\) has a negative entry"),
+        ([[np.nan, 0.5], [0.5, 0.5]], r"`soft_labels` row 0 \(path 'x'\) is not finite"),
+        ([[0.5, 0.5]], r"`soft_labels` must have shape \(2, 2\)"),
+    ],
+)
+def test_dcic_output_rejects_bad_soft_labels(tmp_path, soft, match):
+    with pytest.raises(ValueError, match=match):
+        write_dcic_output(
+            tmp_path / "fold.json",
+            dataset_name="Pig",
+            v_fold=1,
+            classes=["a", "b"],
+            paths=["x", "y"],
+            soft_labels=np.array(soft),
+        )
+
+
+def test_read_dcic_output_errors_and_unknown_rows(tmp_path):
+    good = {
+        "name": "Pig",
+        "v_fold": 1,
+        "classes": ["a", "b"],
+        "budget": 0,
+        "weighted_budget": 0,
+        "images": [
+            {"path": "x", "split": "train", "soft_gt": [0.25, 0.75]},
+            {"path": "y", "split": "test", "soft_gt": []},
+        ],
+    }
+    out = read_dcic_output(write_json(tmp_path, good, "good.json"))
+    np.testing.assert_array_equal(out.soft_labels[0], [0.25, 0.75])
+    assert np.isnan(out.soft_labels[1]).all()
+    cases = [
+        ({k: v for k, v in good.items() if k != "budget"}, r"missing key 'budget'"),
+        (good | {"v_fold": 7}, r"'v_fold' must be an int from 1 to 5; got 7"),
+        (good | {"images": [{"path": "x", "split": "train"}]}, r"image 0: missing key 'soft_gt'"),
+        (
+            good | {"images": [{"path": "x", "split": "train", "soft_gt": [1.0]}]},
+            r"image 0, key 'soft_gt': expected a list of 2 numbers",
+        ),
+        (
+            good | {"images": good["images"][:1] * 2},
+            r"image 1: path 'x' repeats image 0",
+        ),
+    ]
+    for i, (doc, match) in enumerate(cases):
+        path = write_json(tmp_path, doc, f"bad{i}.json")
+        with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: {match}"):
+            read_dcic_output(path)
