@@ -17,6 +17,17 @@ from ._experiments import Finding as Finding
 from ._experiments import budget_curves as budget_curves
 from ._experiments import check_findings as check_findings
 from ._experiments import figure3 as figure3
+from ._inference import AnnotatorFit as AnnotatorFit
+from ._inference import CalibrationPlan as CalibrationPlan
+from ._inference import ConvergenceWarning as ConvergenceWarning
+from ._inference import DeltaPosterior as DeltaPosterior
+from ._inference import FitResult as FitResult
+from ._inference import IdentifiabilityWarning as IdentifiabilityWarning
+from ._inference import PosteriorPredictive as PosteriorPredictive
+from ._inference import exact_delta_posterior as exact_delta_posterior
+from ._inference import fit as fit
+from ._inference import fit_annotators as fit_annotators
+from ._inference import plan_calibration as plan_calibration
 from ._io import AnnotationTable as AnnotationTable
 from ._io import Counts as Counts
 from ._io import DCICOutput as DCICOutput
@@ -32,6 +43,9 @@ from ._metrics import Guideline as Guideline
 from ._metrics import annotation_guideline as annotation_guideline
 from ._metrics import budget as budget
 from ._metrics import kl_divergence as kl_divergence
+from ._model import Prior as Prior
+from ._model import spa_model as spa_model
+from ._model import spa_model_uncollapsed as spa_model_uncollapsed
 from ._plotting import plot_figure3 as plot_figure3
 from ._presets import PRESETS as PRESETS
 from ._presets import Preset as Preset

@@ -510,7 +510,7 @@ def biased_distribution(
     proposals: ArrayIn,
     *,
     delta: ArrayIn,
-    one_star: float = 0.99,
+    one_star: ArrayIn = 0.99,
     on_certain: OnCertain = "uniform",
 ) -> Float[Array, "images classes"]:
     """The closed-form biased label distribution P(L_b = k) under SPA.
@@ -565,7 +565,7 @@ def simulate_counts(
     *,
     num_annotations: ArrayIn,
     delta: ArrayIn | Annotators,
-    one_star: float = 0.99,
+    one_star: ArrayIn = 0.99,
     on_certain: OnCertain = "uniform",
     method: Literal["multinomial", "annotations"] = "multinomial",
     block_size: int | None = None,
@@ -651,7 +651,7 @@ def simulate_annotations(
     *,
     num_annotations: ArrayIn,
     delta: ArrayIn | Annotators,
-    one_star: float = 0.99,
+    one_star: ArrayIn = 0.99,
     on_certain: OnCertain = "uniform",
     max_annotations: int | None = None,
     return_details: bool = False,
@@ -797,7 +797,7 @@ def simulate_sweep(
     delta: ArrayIn,
     num_annotations: ArrayIn,
     num_seeds: int = 1,
-    one_star: float = 0.99,
+    one_star: ArrayIn = 0.99,
     on_certain: OnCertain = "uniform",
     block_size: int | None = None,
 ) -> Int[Array, "deltas sizes seeds images classes"]:
