@@ -144,6 +144,7 @@ def main() -> None:
     fit_kwargs = dict(delta_from=args.delta_from, num_ppc_replicates=0)
     if args.tiny:
         args.deltas, args.seeds, args.sizes = [0.2], 1, [10]
+        args.skip_speed = True
         fit_kwargs.update(max_steps=250, num_interval_draws=10)
     emit(
         case="setup",

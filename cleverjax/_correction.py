@@ -64,7 +64,6 @@ def _cleverlabel(counts, rho, class_matrix, delta, one_star, mu, initial):
     ``N/(N+n0) * BC + n0/(N+n0) * soft(initial)``; CB uses the row of argmax(BC), or of
     the proposal where no biased annotation exists (as the reference implementation)."""
     dtype = jnp.result_type(float)
-    num_classes = counts.shape[-1]
     est = _bias_correction(counts, rho, delta, one_star)
     n_biased = jnp.sum(counts, axis=-1).astype(dtype)
     row_class = jnp.where(n_biased > 0, jnp.argmax(est, axis=-1), rho)
@@ -79,7 +78,6 @@ def _cleverlabel(counts, rho, class_matrix, delta, one_star, mu, initial):
         w = n_biased / jnp.where(total > 0, total, 1)
         data = w[..., None] * est + (1 - w)[..., None] * init
         weight = jnp.where(total > 0, mu, 0)
-    del num_classes
     return weight[..., None] * data + (1 - weight)[..., None] * row
 
 

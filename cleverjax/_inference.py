@@ -31,7 +31,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 from numpyro.infer.initialization import init_to_value
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import _checks
 from ._checks import ArrayIn
@@ -49,7 +49,6 @@ from ._model import (
     compress,
     global_guide,
     log_weights_annotators,
-    log_weights_counts,
     posterior_moments,
     prior_from_params,
     spa_model,
@@ -338,7 +337,14 @@ def _run_svi(
             converged = True
             break
     bar.close()
-    return svi, guide, state, np.concatenate(losses), converged
+    if not converged:
+        warnings.warn(
+            f"SVI reached max_steps={max_steps} before the ELBO plateaued; raise `max_steps` "
+            f"or `learning_rate`",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return svi.get_params(state), np.concatenate(losses), converged
 
 
 def _plateau(previous: np.ndarray, last: np.ndarray, tolerance: float) -> bool:
@@ -360,7 +366,7 @@ def _plateau(previous: np.ndarray, last: np.ndarray, tolerance: float) -> bool:
 def _log_w(data: SPAData, delta, one_star, num_terms: int, annotators, worker_delta):
     """log W_s per entry of ``data.table`` (per row with annotators)."""
     if annotators is None:
-        return log_weights_counts(data.table.c, data.table.n, delta, one_star, num_terms)
+        return data.table.log_weights(delta, one_star, num_terms)
     return log_weights_annotators(
         annotators.worker, annotators.accepted, worker_delta, one_star, num_terms
     )
@@ -649,7 +655,7 @@ def fit(
     if not devs:
         raise ValueError("`devices` must name at least one device; got an empty sequence")
     prep = prep._replace(data=_shard_rows(prep.data, devs))
-    svi, guide, state, losses, converged = _run_svi(
+    params, losses, converged = _run_svi(
         k_svi,
         prep.data,
         config,
@@ -661,14 +667,6 @@ def fit(
         tolerance=float(tolerance),
         progress=progress,
     )
-    if not converged:
-        warnings.warn(
-            f"SVI reached max_steps={max_steps} before the ELBO plateaued; raise "
-            f"`max_steps` or `learning_rate`",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    params = svi.get_params(state)
     prior = prior_from_params(params, config)
     dtype = jnp.result_type(float)
 
@@ -1158,7 +1156,7 @@ def fit_annotators(
         _warn_unidentified()
     k_svi, k_draw, k_int = jax.random.split(jax.random.wrap_key_data(key_data(key)), 3)
     init = _initial_prior(prep, config)
-    svi, guide, state, losses, converged = _run_svi(
+    params, losses, converged = _run_svi(
         k_svi,
         data,
         config,
@@ -1172,13 +1170,6 @@ def fit_annotators(
         annotators=annotators,
         num_particles=int(num_particles),
     )
-    if not converged:
-        warnings.warn(
-            f"SVI reached max_steps={max_steps} before the ELBO plateaued",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    params = svi.get_params(state)
     prior = prior_from_params(params, config)
     draws = _auto_normal_draws(
         k_draw,

@@ -50,6 +50,10 @@ class EntryTable(NamedTuple):
         n: ``(entries,)`` biased annotations N.
         u: ``(entries,)`` unbiased annotations on the proposal.
         m: ``(entries,)`` unbiased annotations M.
+        pair: ``(entries,)`` index of the entry's (c, N) pair: the polynomial weights
+            depend on nothing else, so they are computed once per pair.
+        pair_c: ``(pairs,)`` c of each distinct pair.
+        pair_n: ``(pairs,)`` N of each distinct pair.
     """
 
     group: Int[Array, " entries"]
@@ -58,6 +62,15 @@ class EntryTable(NamedTuple):
     n: Int[Array, " entries"]
     u: Int[Array, " entries"]
     m: Int[Array, " entries"]
+    pair: Int[Array, " entries"]
+    pair_c: Int[Array, " pairs"]
+    pair_n: Int[Array, " pairs"]
+
+    def log_weights(
+        self, delta: Array, one_star: Array, num_terms: int
+    ) -> Float[Array, "entries terms"]:
+        """log W_s of every entry, computed once per (c, N) pair."""
+        return log_weights_counts(self.pair_c, self.pair_n, delta, one_star, num_terms)[self.pair]
 
 
 class SPAData(NamedTuple):
@@ -101,13 +114,18 @@ def row_entries(data: SPAData) -> EntryTable:
     """Each row's entry (traceable)."""
     num_classes = data.counts.shape[1]
     is_rho = data.proposals[:, None] == jnp.arange(num_classes, dtype=jnp.int32)[None, :]
+    c = jnp.sum(jnp.where(is_rho, data.counts, 0), axis=1)
+    n = jnp.sum(data.counts, axis=1)
     return EntryTable(
         group=jnp.where(data.probe, num_classes, data.proposals).astype(jnp.int32),
         rho=data.proposals.astype(jnp.int32),
-        c=jnp.sum(jnp.where(is_rho, data.counts, 0), axis=1),
-        n=jnp.sum(data.counts, axis=1),
+        c=c,
+        n=n,
         u=jnp.sum(jnp.where(is_rho, data.unbiased, 0), axis=1),
         m=jnp.sum(data.unbiased, axis=1),
+        pair=jnp.arange(data.proposals.shape[0], dtype=jnp.int32),
+        pair_c=c,
+        pair_n=n,
     )
 
 
@@ -212,12 +230,11 @@ def entry_log_weights(
 ) -> Float[Array, "entries terms"]:
     """log W_s of every entry. With ``cut``, entries that are not calibration data see
     delta and 1* through ``stop_gradient``: they cannot move them (a cut posterior)."""
-    log_w = log_weights_counts(table.c, table.n, delta, one_star, num_terms)
+    log_w = table.log_weights(delta, one_star, num_terms)
     if not cut:
         return log_w
-    frozen = log_weights_counts(
-        table.c, table.n, jax.lax.stop_gradient(delta), jax.lax.stop_gradient(one_star), num_terms
-    )
+    sg = jax.lax.stop_gradient
+    frozen = table.log_weights(sg(delta), sg(one_star), num_terms)
     return jnp.where(entry_calibrated(table, num_classes)[:, None], log_w, frozen)
 
 
@@ -581,7 +598,7 @@ def spa_model_uncollapsed(
         p_rho = jnp.sum(jnp.where(is_rho, p, 0.0), axis=1)
         acc = delta + (one_star - delta) * p_rho
         rest = jnp.where(is_rho, 0.0, p) / jnp.maximum(1 - p_rho, 1e-12)[:, None]
-        p_b = acc[:, None] * is_rho + (1 - acc)[:, None] * rest
+        p_b = acc[:, None] * is_rho.astype(p.dtype) + (1 - acc)[:, None] * rest
         numpyro.sample("counts", dist.Multinomial(jnp.sum(counts, axis=1), probs=p_b), obs=counts)
 
 
@@ -609,6 +626,7 @@ def compress(
         axis=1,
     )
     entries, entry = np.unique(entry_key, axis=0, return_inverse=True)
+    pairs, pair = np.unique(entries[:, 2:4], axis=0, return_inverse=True)
     as_i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
     data = SPAData(
         proposals=as_i32(rho),
@@ -617,6 +635,11 @@ def compress(
         probe=jnp.asarray(is_probe),
         weight=jnp.asarray(weight, jnp.result_type(float)),
         entry=as_i32(entry.reshape(-1)),
-        table=EntryTable(*(as_i32(entries[:, i]) for i in range(6))),
+        table=EntryTable(
+            *(as_i32(entries[:, i]) for i in range(6)),
+            pair=as_i32(pair.reshape(-1)),
+            pair_c=as_i32(pairs[:, 0]),
+            pair_n=as_i32(pairs[:, 1]),
+        ),
     )
     return data, inverse.reshape(-1)

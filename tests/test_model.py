@@ -267,7 +267,7 @@ def test_probes_identify_delta():
 
 
 def test_nuts_on_a_small_problem_matches_svi():
-    p, rho, biased, unbiased = campaign(12, n=400, calibration=100)
+    p, rho, biased, unbiased = campaign(12, n=300, calibration=100)
     svi = cj.fit(
         jax.random.key(13),
         biased,
@@ -283,7 +283,7 @@ def test_nuts_on_a_small_problem_matches_svi():
         unbiased_counts=unbiased,
         delta_from="all",
         method="nuts",
-        num_samples=300,
+        num_samples=150,
         num_ppc_replicates=0,
     )
     sd = float(np.std(np.asarray(nuts.delta_samples)))
@@ -365,7 +365,7 @@ SHARDED_FIT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     import cleverjax as cj
     assert len(jax.devices()) == 4
-    p = cj.sample_ground_truth(jax.random.key(1), "Turkey", num_images=600,
+    p = cj.sample_ground_truth(jax.random.key(1), "Turkey", num_images=400,
                                annotations_per_image=20)
     rho = cj.propose(jax.random.key(2), p, accuracy=0.85)
     b = cj.simulate_counts(jax.random.key(3), p, rho, num_annotations=10, delta=0.3)
@@ -374,7 +374,8 @@ SHARDED_FIT = textwrap.dedent("""
     out = {}
     for name, devs in [("one", jax.devices()[:1]), ("all", jax.devices())]:
         r = cj.fit(jax.random.key(5), b, rho, unbiased_counts=u, delta_from="all",
-                   num_ppc_replicates=0, devices=devs, max_steps=1000)
+                   num_ppc_replicates=0, devices=devs, max_steps=500,
+                   num_interval_draws=20)
         out[name] = [r.delta, np.asarray(r.posterior_mean).tolist()]
     json.dump(out, sys.stdout)
 """)
@@ -438,3 +439,41 @@ def test_fit_in_float64():
         max_steps=500,
     )
     assert res.posterior_mean.dtype == jnp.float64
+
+
+def test_uncollapsed_model_log_density_matches_its_formula():
+    from numpyro.infer.util import log_density
+
+    counts = jnp.array([[2, 5, 1], [0, 3, 3]])
+    proposals = jnp.array([1, 2])
+    mean = jnp.full((3, 3), 1 / 3)
+    concentration = jnp.array([2.0, 3.0, 4.0])
+    p = jnp.array([[0.2, 0.5, 0.3], [0.1, 0.6, 0.3]])
+    kwargs = dict(mean=mean, concentration=concentration, one_star=0.9)
+    got, _ = log_density(
+        cj.spa_model_uncollapsed, (counts, proposals), kwargs, {"delta": jnp.asarray(0.3), "p": p}
+    )
+    p_b = np.asarray(cj.biased_distribution(p, proposals, delta=0.3, one_star=0.9), float)
+    want = stats.beta.logpdf(0.3, 1, 1)
+    for i in range(2):
+        alpha = np.asarray(concentration)[int(proposals[i])] / 3 * np.ones(3)
+        x = np.asarray(p[i], float)
+        want += stats.dirichlet.logpdf(x / x.sum(), alpha)
+        want += np.log(_multinomial_pmf(np.asarray(counts[i]), p_b[i]))
+    np.testing.assert_allclose(float(got), want, rtol=1e-4)
+
+
+def test_subsampled_svi_runs_and_agrees():
+    p, rho, biased, unbiased = campaign(60, n=800, calibration=150)
+    full = cj.fit(jax.random.key(61), biased, rho, unbiased_counts=unbiased, num_ppc_replicates=0)
+    sub = cj.fit(
+        jax.random.key(61),
+        biased,
+        rho,
+        unbiased_counts=unbiased,
+        num_ppc_replicates=0,
+        subsample_size=64,
+        max_steps=1500,
+    )
+    sd = float(np.std(np.asarray(full.delta_samples)))
+    assert abs(sub.delta - full.delta) <= sd
