@@ -11,11 +11,11 @@ from pathlib import Path
 
 EXAMPLES = {
     "simulate": "  cleverjax simulate --preset Turkey --delta 0.3 --annotations 10 "
-                "--out turkey.csv --truth turkey-truth.npy",
+    "--out turkey.csv --truth turkey-truth.npy",
     "correct": "  cleverjax correct turkey.csv --out turkey-cleverlabel.csv",
     "fit": "  cleverjax fit turkey.csv --out turkey-bayes.csv --summary turkey-fit.json",
     "reproduce": "  cleverjax reproduce fig3 --preset Turkey --out out/turkey\n"
-                 "  cleverjax reproduce fig3 --counts cifar10h-counts.npy --out out/cifar10h",
+    "  cleverjax reproduce fig3 --counts cifar10h-counts.npy --out out/cifar10h",
     "bench": "  cleverjax bench --tiny",
     "demo": "  cleverjax demo --preset Plankton --images 3000",
 }
@@ -60,22 +60,26 @@ def _read_matrix(path: str, what: str):
         elif file.suffix == ".csv":
             array = np.loadtxt(file, delimiter=",", ndmin=2)
         else:
-            raise ValueError(f"{path}: expected a .npy or .csv file of {what}; got suffix "
-                             f"{file.suffix!r}")
+            raise ValueError(
+                f"{path}: expected a .npy or .csv file of {what}; got suffix {file.suffix!r}"
+            )
     except (ValueError, OSError) as err:
         if str(err).startswith(str(path)):
             raise
         raise ValueError(f"{path}: not a readable {what} array ({err})") from err
     if array.ndim != 2 or array.shape[1] < 2:
-        raise ValueError(f"{path}: expected a 2-D (images, classes) array with at least 2 "
-                         f"classes; got shape {array.shape}")
+        raise ValueError(
+            f"{path}: expected a 2-D (images, classes) array with at least 2 "
+            f"classes; got shape {array.shape}"
+        )
     if not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"{path}: expected numbers; got dtype {array.dtype}")
     bad = ~np.isfinite(array) | (array < 0)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise ValueError(f"{path}: row {r}, column {c}: expected a finite non-negative "
-                         f"number; got {array[r, c]}")
+        raise ValueError(
+            f"{path}: row {r}, column {c}: expected a finite non-negative number; got {array[r, c]}"
+        )
     return array
 
 
@@ -87,8 +91,9 @@ def _read_counts_file(path: str):
     frac = counts != np.round(counts)
     if frac.any():
         r, c = np.argwhere(frac)[0]
-        raise ValueError(f"{path}: row {r}, column {c}: counts must be whole numbers; got "
-                         f"{counts[r, c]}")
+        raise ValueError(
+            f"{path}: row {r}, column {c}: counts must be whole numbers; got {counts[r, c]}"
+        )
     return counts.astype(np.int64)
 
 
@@ -104,20 +109,24 @@ def _ground_truth(args: argparse.Namespace):
         totals = counts.sum(axis=1, keepdims=True)
         if (totals == 0).any():
             row = int(np.argmax(totals[:, 0] == 0))
-            raise ValueError(f"{args.counts}: row {row} has no annotations; every image needs "
-                             f"at least one to define its ground truth")
+            raise ValueError(
+                f"{args.counts}: row {row} has no annotations; every image needs "
+                f"at least one to define its ground truth"
+            )
         return counts / totals, Path(args.counts).stem, None
     if getattr(args, "soft", None):
         soft = _read_matrix(args.soft, "soft labels")
         off = np.abs(soft.sum(axis=1) - 1) > 1e-4
         if off.any():
             row = int(np.argmax(off))
-            raise ValueError(f"{args.soft}: row {row} sums to {soft[row].sum():.6g}; soft "
-                             f"labels must sum to 1")
+            raise ValueError(
+                f"{args.soft}: row {row} sums to {soft[row].sum():.6g}; soft labels must sum to 1"
+            )
         return soft / soft.sum(axis=1, keepdims=True), Path(args.soft).stem, None
     info = cj.preset(args.preset)
-    p = cj.sample_ground_truth(jax.random.key(args.seed + 1), info, num_images=args.images,
-                               annotations_per_image=50)
+    p = cj.sample_ground_truth(
+        jax.random.key(args.seed + 1), info, num_images=args.images, annotations_per_image=50
+    )
     return np.asarray(p), info.name, info
 
 
@@ -166,29 +175,43 @@ def _simulate(args: argparse.Namespace) -> int:
     k_prop, k_sim, k_cal = jax.random.split(key, 3)
     pj = jnp.asarray(p, jnp.result_type(float))
     rho = cj.propose(k_prop, pj, accuracy=args.accuracy)
-    batch = cj.simulate_annotations(k_sim, pj, rho, num_annotations=args.annotations,
-                                    delta=args.delta, one_star=args.one_star,
-                                    return_details=True)
+    batch = cj.simulate_annotations(
+        k_sim,
+        pj,
+        rho,
+        num_annotations=args.annotations,
+        delta=args.delta,
+        one_star=args.one_star,
+        return_details=True,
+    )
     tasks = [f"img{i}" for i in range(n)]
-    biased = cj.annotations_to_table(np.asarray(batch.labels), np.asarray(rho),
-                                     workers=np.asarray(batch.worker), tasks=tasks,
-                                     classes=classes)
+    biased = cj.annotations_to_table(
+        np.asarray(batch.labels),
+        np.asarray(rho),
+        workers=np.asarray(batch.worker),
+        tasks=tasks,
+        classes=classes,
+    )
     frames = [biased]
     if args.calibration_images:
-        cal = cj.calibration_sample(k_cal, pj, num_images=min(args.calibration_images, n),
-                                    num_annotations=args.calibration_annotations)
+        cal = cj.calibration_sample(
+            k_cal,
+            pj,
+            num_images=min(args.calibration_images, n),
+            num_annotations=args.calibration_annotations,
+        )
         unbiased = np.zeros((n, k), np.int64)
         unbiased[np.asarray(cal.indices)] = np.asarray(cal.counts)
-        frames.append(cj.counts_to_table(unbiased, tasks=tasks, classes=classes,
-                                         worker_prefix="u"))
+        frames.append(cj.counts_to_table(unbiased, tasks=tasks, classes=classes, worker_prefix="u"))
     table = pd.concat(frames, ignore_index=True)
     cj.write_table(table, args.out)
     if args.truth:
         np.save(args.truth, p)
-    print(f"simulated {len(table)} annotations of {n} {name} images (delta {args.delta}, "
-          f"{args.annotations} with proposals per image, {args.calibration_images} "
-          f"calibration images) -> {args.out}" + (f"; truth -> {args.truth}" if args.truth
-                                                  else ""))
+    print(
+        f"simulated {len(table)} annotations of {n} {name} images (delta {args.delta}, "
+        f"{args.annotations} with proposals per image, {args.calibration_images} "
+        f"calibration images) -> {args.out}" + (f"; truth -> {args.truth}" if args.truth else "")
+    )
     return 0
 
 
@@ -203,13 +226,17 @@ def _class_matrix(args, counts):
     if args.preset:
         info = cj.preset(args.preset)
         if info.num_classes != counts.biased.shape[1]:
-            raise ValueError(f"--preset {info.name} has {info.num_classes} classes; the table "
-                             f"has {counts.biased.shape[1]}")
+            raise ValueError(
+                f"--preset {info.name} has {info.num_classes} classes; the table "
+                f"has {counts.biased.shape[1]}"
+            )
         return info.class_matrix
     calibration = counts.unbiased[counts.unbiased.sum(axis=1) > 0]
     if len(calibration) == 0:
-        raise ValueError("no class matrix: the table has no annotations without a proposal "
-                         "(calibration); give --class-matrix FILE or --preset NAME")
+        raise ValueError(
+            "no class matrix: the table has no annotations without a proposal "
+            "(calibration); give --class-matrix FILE or --preset NAME"
+        )
     return np.asarray(cj.estimate_class_matrix(calibration))
 
 
@@ -222,19 +249,30 @@ def _correct(args: argparse.Namespace) -> int:
     counts = cj.to_counts(table)
     shown = counts.proposals >= 0
     if not shown.any():
-        raise ValueError(f"{args.table}: no annotation was made with a proposal; nothing to "
-                         f"correct")
+        raise ValueError(
+            f"{args.table}: no annotation was made with a proposal; nothing to correct"
+        )
     matrix = _class_matrix(args, counts)
     proposals = np.where(shown, counts.proposals, 0)
-    labels = np.asarray(cj.cleverlabel(
-        counts.biased, proposals, matrix, delta=args.delta, one_star=args.one_star, mu=args.mu,
-        initial=counts.unbiased if args.include_unbiased else None))
+    labels = np.asarray(
+        cj.cleverlabel(
+            counts.biased,
+            proposals,
+            matrix,
+            delta=args.delta,
+            one_star=args.one_star,
+            mu=args.mu,
+            initial=counts.unbiased if args.include_unbiased else None,
+        )
+    )
     # Tasks never shown a proposal keep their plain (unbiased) soft labels.
     plain = np.asarray(cj.soft_labels(counts.unbiased))
     labels = np.where(shown[:, None], labels, plain)
     _write_labels(args.out, labels, counts.tasks, counts.classes)
-    print(f"CleverLabel (delta {args.delta}, 1* {args.one_star}, mu {args.mu}) on "
-          f"{int(shown.sum())} tasks -> {args.out}")
+    print(
+        f"CleverLabel (delta {args.delta}, 1* {args.one_star}, mu {args.mu}) on "
+        f"{int(shown.sum())} tasks -> {args.out}"
+    )
     return 0
 
 
@@ -253,39 +291,59 @@ def _fit(args: argparse.Namespace) -> int:
     key = jax.random.key(args.seed)
     if args.per_annotator:
         res = cj.fit_annotators(key, table, one_star=args.one_star, progress=_interactive())
-        labels, summary = res.posterior_mean, {
-            "delta": res.delta, "delta_interval": list(res.delta_interval),
-            "spread": res.spread,
-            "annotators": {w: {"delta": float(d), "interval": [float(lo), float(hi)]}
-                           for w, d, (lo, hi) in zip(res.workers,
-                                                     np.asarray(res.annotator_delta),
-                                                     np.asarray(res.annotator_interval))},
-        }
+        labels, summary = (
+            res.posterior_mean,
+            {
+                "delta": res.delta,
+                "delta_interval": list(res.delta_interval),
+                "spread": res.spread,
+                "annotators": {
+                    w: {"delta": float(d), "interval": [float(lo), float(hi)]}
+                    for w, d, (lo, hi) in zip(
+                        res.workers,
+                        np.asarray(res.annotator_delta),
+                        np.asarray(res.annotator_interval),
+                    )
+                },
+            },
+        )
     else:
         keep = shown | (counts.unbiased.sum(axis=1) > 0)
         proposals = np.where(shown, counts.proposals, 0)
         probe = ~shown  # tasks never shown a proposal: the population prior
-        res = cj.fit(key, counts.biased[keep], proposals[keep],
-                     unbiased_counts=counts.unbiased[keep], probe=probe[keep],
-                     one_star=args.one_star, delta_from=args.delta_from,
-                     progress=_interactive())
+        res = cj.fit(
+            key,
+            counts.biased[keep],
+            proposals[keep],
+            unbiased_counts=counts.unbiased[keep],
+            probe=probe[keep],
+            one_star=args.one_star,
+            delta_from=args.delta_from,
+            progress=_interactive(),
+        )
         labels = np.full(counts.biased.shape, np.nan)
         labels[keep] = np.asarray(res.posterior_mean)
         summary = {
-            "delta": res.delta, "delta_interval": list(res.delta_interval),
-            "one_star": res.one_star, "identified": res.identified,
-            "converged": res.converged, "steps": int(res.losses.shape[0]),
+            "delta": res.delta,
+            "delta_interval": list(res.delta_interval),
+            "one_star": res.one_star,
+            "identified": res.identified,
+            "converged": res.converged,
+            "steps": int(res.losses.shape[0]),
             "ppc_acceptance_observed": None if res.ppc is None else res.ppc.observed,
             "ppc_p_value": None if res.ppc is None else res.ppc.p_value,
         }
-    summary.update(tasks=len(counts.tasks), classes=list(counts.classes),
-                   level=res.level, seconds=res.seconds)
+    summary.update(
+        tasks=len(counts.tasks), classes=list(counts.classes), level=res.level, seconds=res.seconds
+    )
     _write_labels(args.out, labels, counts.tasks, counts.classes)
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=2))
     lo, hi = summary["delta_interval"]
-    print(f"delta = {summary['delta']:.4f} ({100 * res.level:.0f}% interval {lo:.4f} to "
-          f"{hi:.4f}); {len(counts.tasks)} tasks in {res.seconds:.1f} s -> {args.out}")
+    print(
+        f"delta = {summary['delta']:.4f} ({100 * res.level:.0f}% interval {lo:.4f} to "
+        f"{hi:.4f}); {len(counts.tasks)} tasks in {res.seconds:.1f} s -> {args.out}"
+    )
     return 0
 
 
@@ -297,25 +355,41 @@ def _reproduce(args: argparse.Namespace) -> int:
     p, name, _ = _ground_truth(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"reproduce fig3 on {name}: {p.shape[0]} images, {p.shape[1]} classes, deltas "
-          f"{args.deltas}, N {args.annotations}, {args.seeds} seed(s)")
-    result = cj.figure3(jax.random.key(args.seed), p, accuracy=args.accuracy,
-                        deltas=args.deltas, num_annotations=args.annotations,
-                        num_seeds=args.seeds, progress=_interactive())
+    print(
+        f"reproduce fig3 on {name}: {p.shape[0]} images, {p.shape[1]} classes, deltas "
+        f"{args.deltas}, N {args.annotations}, {args.seeds} seed(s)"
+    )
+    result = cj.figure3(
+        jax.random.key(args.seed),
+        p,
+        accuracy=args.accuracy,
+        deltas=args.deltas,
+        num_annotations=args.annotations,
+        num_seeds=args.seeds,
+        progress=_interactive(),
+    )
     result.table.to_csv(out / "fig3_table.csv", index=False)
     result.medians.to_csv(out / "fig3_medians.csv")
     result.ablation.to_csv(out / "table2_ablation.csv")
     result.budget.to_csv(out / "fig3_budget.csv", index=False)
     findings = cj.check_findings(result)
     summary = {
-        "dataset": name, "images": int(p.shape[0]), "classes": int(p.shape[1]),
-        "accuracy": args.accuracy, "deltas": list(args.deltas),
-        "num_annotations": list(args.annotations), "seeds": args.seeds,
+        "dataset": name,
+        "images": int(p.shape[0]),
+        "classes": int(p.shape[1]),
+        "accuracy": args.accuracy,
+        "deltas": list(args.deltas),
+        "num_annotations": list(args.annotations),
+        "seeds": args.seeds,
         "seconds": result.seconds,
-        "medians": {m: {str(n): float(v) for n, v in result.medians[m].items()}
-                    for m in result.medians.columns},
-        "ablation": {m: {str(n): float(v) for n, v in result.ablation[m].items()}
-                     for m in result.ablation.columns},
+        "medians": {
+            m: {str(n): float(v) for n, v in result.medians[m].items()}
+            for m in result.medians.columns
+        },
+        "ablation": {
+            m: {str(n): float(v) for n, v in result.ablation[m].items()}
+            for m in result.ablation.columns
+        },
         "findings": [f._asdict() for f in findings],
     }
     (out / "fig3.json").write_text(json.dumps(summary, indent=2))
@@ -338,9 +412,16 @@ def _bench(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    run_demo(preset=args.preset, images=args.images, delta=args.delta,
-             annotations=args.annotations, accuracy=args.accuracy, seed=args.seed,
-             plot=args.plot, progress=_interactive())
+    run_demo(
+        preset=args.preset,
+        images=args.images,
+        delta=args.delta,
+        annotations=args.annotations,
+        accuracy=args.accuracy,
+        seed=args.seed,
+        plot=args.plot,
+        progress=_interactive(),
+    )
     return 0
 
 
@@ -350,9 +431,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _sub(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=description,
-                          epilog="example:\n" + EXAMPLES[name],
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog="example:\n" + EXAMPLES[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def _truth_source(parser: argparse.ArgumentParser, *, soft: bool) -> None:
@@ -368,14 +453,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cleverjax",
         description="Simulate, correct and infer the default effect of proposal-guided "
-                    "annotation (SPA and CleverLabel) with JAX.",
+        "annotation (SPA and CleverLabel) with JAX.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sim = _sub(sub, "simulate", "simulate proposal-biased annotations (SPA) into a table",
-               "Draw proposals and SPA annotations for a ground truth and write the long "
-               "annotation table (task, worker, label, proposal), with optional calibration "
-               "annotations made without proposals.")
+    sim = _sub(
+        sub,
+        "simulate",
+        "simulate proposal-biased annotations (SPA) into a table",
+        "Draw proposals and SPA annotations for a ground truth and write the long "
+        "annotation table (task, worker, label, proposal), with optional calibration "
+        "annotations made without proposals.",
+    )
     _truth_source(sim, soft=True)
     sim.add_argument("--out", required=True, help="annotation table to write (.csv/.parquet)")
     sim.add_argument("--truth", help="also save the ground truth (.npy)")
@@ -383,17 +472,27 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--one-star", type=float, default=0.99, dest="one_star")
     sim.add_argument("--annotations", type=int, default=10, help="annotations per image")
     sim.add_argument("--accuracy", type=float, default=0.9, help="proposer accuracy")
-    sim.add_argument("--calibration-images", type=int, default=100,
-                     dest="calibration_images", help="images also annotated without proposal")
-    sim.add_argument("--calibration-annotations", type=int, default=10,
-                     dest="calibration_annotations")
+    sim.add_argument(
+        "--calibration-images",
+        type=int,
+        default=100,
+        dest="calibration_images",
+        help="images also annotated without proposal",
+    )
+    sim.add_argument(
+        "--calibration-annotations", type=int, default=10, dest="calibration_annotations"
+    )
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(run=_simulate)
 
-    cor = _sub(sub, "correct", "repair a table's labels with CleverLabel",
-               "Bias correction (BC) and class blending (CB) of the annotations made with "
-               "proposals. The class matrix comes from --class-matrix, --preset, or the "
-               "table's annotations made without a proposal.")
+    cor = _sub(
+        sub,
+        "correct",
+        "repair a table's labels with CleverLabel",
+        "Bias correction (BC) and class blending (CB) of the annotations made with "
+        "proposals. The class matrix comes from --class-matrix, --preset, or the "
+        "table's annotations made without a proposal.",
+    )
     cor.add_argument("table", help="annotation table (.csv/.parquet)")
     cor.add_argument("--out", required=True, help="soft labels to write (.csv/.parquet)")
     cor.add_argument("--delta", type=float, default=0.1)
@@ -401,28 +500,49 @@ def build_parser() -> argparse.ArgumentParser:
     cor.add_argument("--mu", type=float, default=0.75)
     cor.add_argument("--class-matrix", dest="class_matrix", help="(classes, classes) .npy/.csv")
     cor.add_argument("--preset", help="use this DCIC preset's class matrix")
-    cor.add_argument("--include-unbiased", action="store_true", dest="include_unbiased",
-                     help="blend in annotations made without proposals (initial labels)")
+    cor.add_argument(
+        "--include-unbiased",
+        action="store_true",
+        dest="include_unbiased",
+        help="blend in annotations made without proposals (initial labels)",
+    )
     cor.set_defaults(run=_correct)
 
-    fit = _sub(sub, "fit", "infer delta and repaired labels with the Bayesian model",
-               "Fit the Bayesian SPA model (exact collapsed likelihood, SVI with optax) to a "
-               "table: delta with a credible interval and posterior-mean labels.")
+    fit = _sub(
+        sub,
+        "fit",
+        "infer delta and repaired labels with the Bayesian model",
+        "Fit the Bayesian SPA model (exact collapsed likelihood, SVI with optax) to a "
+        "table: delta with a credible interval and posterior-mean labels.",
+    )
     fit.add_argument("table", help="annotation table (.csv/.parquet)")
     fit.add_argument("--out", required=True, help="soft labels to write (.csv/.parquet)")
     fit.add_argument("--summary", help="JSON summary (delta, interval, checks) to write")
     fit.add_argument("--one-star", type=float, default=0.99, dest="one_star")
-    fit.add_argument("--delta-from", default="calibration", choices=["calibration", "all"],
-                     dest="delta_from", help="which images inform delta (see cleverjax.fit)")
-    fit.add_argument("--per-annotator", action="store_true", dest="per_annotator",
-                     help="one delta per annotator (hierarchical)")
+    fit.add_argument(
+        "--delta-from",
+        default="calibration",
+        choices=["calibration", "all"],
+        dest="delta_from",
+        help="which images inform delta (see cleverjax.fit)",
+    )
+    fit.add_argument(
+        "--per-annotator",
+        action="store_true",
+        dest="per_annotator",
+        help="one delta per annotator (hierarchical)",
+    )
     fit.add_argument("--seed", type=int, default=0)
     fit.set_defaults(run=_fit)
 
-    rep = _sub(sub, "reproduce", "reproduce a figure of the CleverLabel paper",
-               "Reproduce Figure 3a (KL of GT, GT+CB, SPA, SPA+CB, SPA+BC, CleverLabel and "
-               "CleverLabel+GT delta against annotations per image), Table 2's label "
-               "ablation and budget curves. Writes CSV and JSON tables and a PNG.")
+    rep = _sub(
+        sub,
+        "reproduce",
+        "reproduce a figure of the CleverLabel paper",
+        "Reproduce Figure 3a (KL of GT, GT+CB, SPA, SPA+CB, SPA+BC, CleverLabel and "
+        "CleverLabel+GT delta against annotations per image), Table 2's label "
+        "ablation and budget curves. Writes CSV and JSON tables and a PNG.",
+    )
     rep.add_argument("figure", choices=["fig3"], help="which figure")
     _truth_source(rep, soft=False)
     rep.add_argument("--out", required=True, help="output folder")
@@ -433,18 +553,26 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--seed", type=int, default=0, help="random seed")
     rep.set_defaults(run=_reproduce)
 
-    ben = _sub(sub, "bench", "time the SPA engine against its baselines",
-               "Throughput of the SPA kernels and, in the same run, a pure-Python loop, a "
-               "vectorised NumPy version and NumPy's multinomial; one JSON line per case.")
+    ben = _sub(
+        sub,
+        "bench",
+        "time the SPA engine against its baselines",
+        "Throughput of the SPA kernels and, in the same run, a pure-Python loop, a "
+        "vectorised NumPy version and NumPy's multinomial; one JSON line per case.",
+    )
     ben.add_argument("--tiny", action="store_true", help="tiny sizes (seconds)")
     ben.add_argument("--big", action="store_true", help="add 10^10 annotations in one call")
     ben.add_argument("--repeats", type=int, default=7)
     ben.set_defaults(run=_bench)
 
-    demo = _sub(sub, "demo", "the main job on a built-in DCIC-like dataset",
-                "Simulate a DCIC preset with SPA, repair it with CleverLabel and with the "
-                "Bayesian model, print one table (KL of each method against the known "
-                "truth, delta estimated against true, time taken) and write a plot.")
+    demo = _sub(
+        sub,
+        "demo",
+        "the main job on a built-in DCIC-like dataset",
+        "Simulate a DCIC preset with SPA, repair it with CleverLabel and with the "
+        "Bayesian model, print one table (KL of each method against the known "
+        "truth, delta estimated against true, time taken) and write a plot.",
+    )
     demo.add_argument("--preset", default="CIFAR10H", help="DCIC preset (default: CIFAR10H)")
     demo.add_argument("--images", type=int, default=5000, help="images to simulate")
     demo.add_argument("--delta", type=float, default=0.3, help="true acceptance offset")

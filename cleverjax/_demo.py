@@ -27,9 +27,17 @@ from ._presets import sample_ground_truth
 from ._spa import propose, simulate_counts
 
 
-def run_demo(*, preset: str = "CIFAR10H", images: int = 5000, delta: float = 0.3,
-             annotations: int = 10, accuracy: float = 0.9, seed: int = 0,
-             plot: str | None = "cleverjax-demo.png", progress: bool = False) -> pd.DataFrame:
+def run_demo(
+    *,
+    preset: str = "CIFAR10H",
+    images: int = 5000,
+    delta: float = 0.3,
+    annotations: int = 10,
+    accuracy: float = 0.9,
+    seed: int = 0,
+    plot: str | None = "cleverjax-demo.png",
+    progress: bool = False,
+) -> pd.DataFrame:
     """Simulate a DCIC preset with SPA, repair it three ways, and compare with the truth.
 
     Ground truth: ``images`` label distributions drawn like the preset (empirical soft
@@ -54,14 +62,17 @@ def run_demo(*, preset: str = "CIFAR10H", images: int = 5000, delta: float = 0.3
     rho = propose(k_prop, p, accuracy=accuracy)
     t0 = time.perf_counter()
     biased = jax.block_until_ready(
-        simulate_counts(k_sim, p, rho, num_annotations=annotations, delta=delta))
+        simulate_counts(k_sim, p, rho, num_annotations=annotations, delta=delta)
+    )
     t_sim = time.perf_counter() - t0
     cal = calibration_sample(k_cal, p, num_images=min(100, n), num_annotations=10)
     unbiased = jnp.zeros_like(biased).at[cal.indices].set(cal.counts)
-    print(f"cleverjax demo: {n} {info.name}-like images, {k} classes, true delta {delta}, "
-          f"{annotations} annotations with proposals per image (proposer accuracy "
-          f"{accuracy}), 100 calibration images; {len(jax.devices())} "
-          f"{jax.devices()[0].platform} device(s)")
+    print(
+        f"cleverjax demo: {n} {info.name}-like images, {k} classes, true delta {delta}, "
+        f"{annotations} annotations with proposals per image (proposer accuracy "
+        f"{accuracy}), 100 calibration images; {len(jax.devices())} "
+        f"{jax.devices()[0].platform} device(s)"
+    )
 
     t0 = time.perf_counter()
     matrix = estimate_class_matrix(cal.counts)
@@ -80,32 +91,50 @@ def run_demo(*, preset: str = "CIFAR10H", images: int = 5000, delta: float = 0.3
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        res = fit(k_fit, biased, rho, unbiased_counts=unbiased, num_ppc_replicates=20,
-                  progress=progress)
+        res = fit(
+            k_fit, biased, rho, unbiased_counts=unbiased, num_ppc_replicates=20, progress=progress
+        )
     t_fit = time.perf_counter() - t0
     estimates["Bayesian model (posterior mean)"] = res.posterior_mean
 
     rows = []
     for name, est in estimates.items():
         seconds = t_fit if name.startswith("Bayesian") else t_clever
-        rows.append({"method": name, "KL(truth || labels)": float(kl_divergence(p, est)),
-                     "seconds": seconds})
+        rows.append(
+            {
+                "method": name,
+                "KL(truth || labels)": float(kl_divergence(p, est)),
+                "seconds": seconds,
+            }
+        )
     table = pd.DataFrame(rows)
     with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 120):
         print(table.to_string(index=False))
     lo, hi = res.delta_interval
-    print(f"delta: true {delta:.3f} | regression on calibration images "
-          f"{regression.delta:.3f} +- {regression.delta_se:.3f} (s.e.) | Bayesian model "
-          f"{res.delta:.3f}, {100 * res.level:.0f}% interval [{lo:.3f}, {hi:.3f}]")
+    print(
+        f"delta: true {delta:.3f} | regression on calibration images "
+        f"{regression.delta:.3f} +- {regression.delta_se:.3f} (s.e.) | Bayesian model "
+        f"{res.delta:.3f}, {100 * res.level:.0f}% interval [{lo:.3f}, {hi:.3f}]"
+    )
     if res.ppc is not None:
-        print(f"posterior predictive check of the acceptance rate: observed "
-              f"{res.ppc.observed:.4f}, replicated "
-              f"{float(jnp.mean(res.ppc.replicated)):.4f}, p = {res.ppc.p_value:.2f}")
-    print(f"time: simulation {t_sim:.2f} s, CleverLabel {t_clever:.2f} s, Bayesian fit "
-          f"{t_fit:.1f} s, total {time.perf_counter() - t_start:.1f} s")
+        print(
+            f"posterior predictive check of the acceptance rate: observed "
+            f"{res.ppc.observed:.4f}, replicated "
+            f"{float(jnp.mean(res.ppc.replicated)):.4f}, p = {res.ppc.p_value:.2f}"
+        )
+    print(
+        f"time: simulation {t_sim:.2f} s, CleverLabel {t_clever:.2f} s, Bayesian fit "
+        f"{t_fit:.1f} s, total {time.perf_counter() - t_start:.1f} s"
+    )
     if plot:
-        _plot(table, res, delta, regression, plot, title=f"{info.name}-like, {n} images, "
-              f"N = {annotations}")
+        _plot(
+            table,
+            res,
+            delta,
+            regression,
+            plot,
+            title=f"{info.name}-like, {n} images, N = {annotations}",
+        )
         print(f"plot -> {plot}")
     return table
 
@@ -122,13 +151,16 @@ def _plot(table: pd.DataFrame, res, delta: float, regression, path: str, title: 
     ax_kl.set_xlabel("KL(truth || labels), lower is better")
     ax_kl.set_title("label quality")
     samples = np.asarray(res.delta_samples)
-    ax_delta.hist(samples, bins=50, color="tab:green", alpha=0.6, density=True,
-                  label="model posterior")
+    ax_delta.hist(
+        samples, bins=50, color="tab:green", alpha=0.6, density=True, label="model posterior"
+    )
     ax_delta.axvline(delta, color="black", label="true delta")
-    ax_delta.axvline(regression.delta, color="tab:purple", linestyle="--",
-                     label="regression estimate")
-    ax_delta.axvspan(*res.delta_interval, color="tab:green", alpha=0.15,
-                     label=f"{100 * res.level:.0f}% interval")
+    ax_delta.axvline(
+        regression.delta, color="tab:purple", linestyle="--", label="regression estimate"
+    )
+    ax_delta.axvspan(
+        *res.delta_interval, color="tab:green", alpha=0.15, label=f"{100 * res.level:.0f}% interval"
+    )
     ax_delta.set_xlabel("delta")
     ax_delta.set_title("acceptance offset")
     ax_delta.legend(fontsize=8)

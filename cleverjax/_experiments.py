@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from jaxtyping import PRNGKeyArray
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import _checks
 from ._checks import ArrayIn
