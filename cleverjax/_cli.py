@@ -569,9 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "demo",
         "the main job on a built-in DCIC-like dataset",
-        "Simulate a DCIC preset with SPA, repair it with CleverLabel and with the "
-        "Bayesian model, print one table (KL of each method against the known "
-        "truth, delta estimated against true, time taken) and write a plot.",
+        "Simulate a DCIC preset with SPA (checking the share of annotations on the "
+        "proposal against the closed form for several deltas and annotation counts), "
+        "repair it with CleverLabel and with the Bayesian model, print one table (KL "
+        "of each method against the known truth, delta estimated against true, time "
+        "taken) and write a plot.",
     )
     demo.add_argument("--preset", default="CIFAR10H", help="DCIC preset (default: CIFAR10H)")
     demo.add_argument("--images", type=int, default=5000, help="images to simulate")

@@ -43,7 +43,9 @@ def run_demo(
     Ground truth: ``images`` label distributions drawn like the preset (empirical soft
     labels of 50 annotations). Every image gets ``annotations`` SPA annotations with the
     proposal of a simulated proposer; 100 random images also get 10 annotations without
-    proposals (the paper's calibration design). Printed: KL(truth || labels) of the raw
+    proposals (the paper's calibration design). Printed first: the engine's check
+    (:func:`spa_check`, the share of annotations on the proposal against its closed form
+    and the throughput, for several deltas and N). Then KL(truth || labels) of the raw
     biased labels, class blending, bias correction, CleverLabel (delta = 0.1 as in the
     paper, and with the true delta) and the Bayesian model, then delta as estimated by
     regression on the calibration images and by the model, next to the true value.
@@ -56,10 +58,19 @@ def run_demo(
     if not 0 <= delta < 0.99:
         raise ValueError(f"`--delta` must lie in [0, 0.99); got {delta}")
     key = jax.random.key(seed)
-    k_truth, k_prop, k_sim, k_cal, k_fit = jax.random.split(key, 5)
+    k_truth, k_prop, k_check, k_sim, k_cal, k_fit = jax.random.split(key, 6)
     p = sample_ground_truth(k_truth, info, num_images=images, annotations_per_image=50)
     n, k = p.shape
     rho = propose(k_prop, p, accuracy=accuracy)
+    print(
+        f"cleverjax demo: {n} {info.name}-like images, {k} classes, proposer accuracy "
+        f"{accuracy}; {len(jax.devices())} {jax.devices()[0].platform} device(s)\n"
+    )
+    print("1. SPA engine: share of annotations on the proposal, measured vs closed form")
+    spa = spa_check(k_check, p, rho)
+    with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
+        print(spa.to_string(index=False) + "\n")
+
     t0 = time.perf_counter()
     biased = jax.block_until_ready(
         simulate_counts(k_sim, p, rho, num_annotations=annotations, delta=delta)
@@ -68,10 +79,8 @@ def run_demo(
     cal = calibration_sample(k_cal, p, num_images=min(100, n), num_annotations=10)
     unbiased = jnp.zeros_like(biased).at[cal.indices].set(cal.counts)
     print(
-        f"cleverjax demo: {n} {info.name}-like images, {k} classes, true delta {delta}, "
-        f"{annotations} annotations with proposals per image (proposer accuracy "
-        f"{accuracy}), 100 calibration images; {len(jax.devices())} "
-        f"{jax.devices()[0].platform} device(s)"
+        f"2. Repair: true delta {delta}, {annotations} annotations with proposals per "
+        f"image, 100 calibration images with 10 annotations without proposals"
     )
 
     t0 = time.perf_counter()
@@ -137,6 +146,48 @@ def run_demo(
         )
         print(f"plot -> {plot}")
     return table
+
+
+def spa_check(
+    key,
+    p,
+    proposals,
+    *,
+    deltas: tuple[float, ...] = (0.1, 0.3, 0.6),
+    annotations: tuple[int, ...] = (1, 10, 100),
+    one_star: float = 0.99,
+) -> pd.DataFrame:
+    """Simulate every (delta, N) and compare the share of annotations on the proposal with
+    its closed form, the mean acceptance probability A = delta + (1* - delta) p[rho]
+    (a rejection never lands on the proposal). ``s.e.`` is the binomial standard error
+    of the measured share, so |measured - expected| stays within a few of it."""
+    p_rho = np.asarray(jnp.take_along_axis(p, proposals[:, None], axis=1)[:, 0], np.float64)
+    rows = []
+    for i, delta in enumerate(deltas):
+        accept = delta + (one_star - delta) * p_rho
+        for j, num in enumerate(annotations):
+            sub = jax.random.fold_in(key, 1000 * i + j)
+            run = lambda: simulate_counts(  # noqa: E731
+                sub, p, proposals, num_annotations=num, delta=delta, one_star=one_star
+            )
+            jax.block_until_ready(run())  # compile apart from the timing
+            t0 = time.perf_counter()
+            counts = jax.block_until_ready(run())
+            wall = time.perf_counter() - t0
+            on_proposal = int(jnp.sum(jnp.take_along_axis(counts, proposals[:, None], axis=1)))
+            total = num * p_rho.size
+            rows.append(
+                {
+                    "delta": delta,
+                    "N": num,
+                    "annotations": total,
+                    "measured": on_proposal / total,
+                    "expected": float(accept.mean()),
+                    "s.e.": float(np.sqrt(num * np.sum(accept * (1 - accept)))) / total,
+                    "annotations/s": total / wall,
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def _plot(table: pd.DataFrame, res, delta: float, regression, path: str, title: str) -> None:
