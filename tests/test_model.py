@@ -160,6 +160,7 @@ def test_fit_recovers_delta_within_its_posterior_spread(fitted):
     p, rho, biased, unbiased, res = fitted
     sd = float(np.std(np.asarray(res.delta_samples)))
     assert res.converged and res.identified
+    assert 0 < res.step_seconds * res.losses.shape[0] < res.seconds
     assert abs(res.delta - 0.3) <= 3.9 * sd
     assert res.delta_interval[0] < res.delta < res.delta_interval[1]
     assert abs(res.delta - 0.4) > 3.9 * sd  # negative control: a wrong delta is excluded
