@@ -20,7 +20,6 @@ to the CIFAR10H preset and says so.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -38,21 +37,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import cleverjax as cj  # noqa: E402
+from cleverjax._bench import emit  # noqa: E402
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10h" / ("cifar10h-counts.npy")
 )
-
-
-def device_name() -> str:
-    d = jax.devices()[0]
-    return f"{d.platform}:{getattr(d, 'device_kind', '')} x{len(jax.devices())}"
-
-
-def emit(**fields) -> dict:
-    fields.setdefault("device", device_name())
-    print(json.dumps(fields), flush=True)
-    return fields
 
 
 def ground_truth(path: Path | None, tiny: bool) -> tuple[np.ndarray, str]:

@@ -17,7 +17,6 @@ Baseline: the textbook way, the uncollapsed model (a latent ``p`` per image,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -38,21 +37,11 @@ from numpyro.infer import SVI, Trace_ELBO  # noqa: E402
 from numpyro.infer.autoguide import AutoNormal  # noqa: E402
 
 import cleverjax as cj  # noqa: E402
+from cleverjax._bench import emit  # noqa: E402
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10h" / "cifar10h-counts.npy"
 )
-
-
-def device_name() -> str:
-    d = jax.devices()[0]
-    return f"{d.platform}:{getattr(d, 'device_kind', '')} x{len(jax.devices())}"
-
-
-def emit(**fields) -> dict:
-    fields.setdefault("device", device_name())
-    print(json.dumps(fields), flush=True)
-    return fields
 
 
 def peak_rss_gib() -> float:
