@@ -478,3 +478,31 @@ def test_subsampled_svi_runs_and_agrees():
     )
     sd = float(np.std(np.asarray(full.delta_samples)))
     assert abs(sub.delta - full.delta) <= sd
+
+
+def test_compress_merges_identical_images_and_loses_none():
+    rng = np.random.default_rng(0)
+    n, k = 5000, 4
+    counts = rng.integers(0, 3, (n, k))
+    unbiased = np.where(rng.random((n, 1)) < 0.05, rng.integers(0, 2, (n, k)), 0)
+    rho = rng.integers(0, k, n)
+    probe = rng.random(n) < 0.02
+    data, image_row = _model.compress(rho, counts, unbiased, probe)
+    assert data.num_rows < n  # identical images were merged
+    for field, original in [
+        (data.counts, counts),
+        (data.unbiased, unbiased),
+        (data.proposals, rho),
+        (data.probe, probe),
+    ]:
+        np.testing.assert_array_equal(np.asarray(field)[image_row], original)
+    weight = np.bincount(image_row, minlength=data.num_rows)
+    np.testing.assert_array_equal(np.asarray(data.weight), weight)
+    table, entry = data.table, np.asarray(data.entry)
+    rows = np.arange(data.num_rows)
+    c = np.asarray(data.counts)[rows, np.asarray(data.proposals)]
+    np.testing.assert_array_equal(np.asarray(table.c)[entry], c)
+    np.testing.assert_array_equal(np.asarray(table.n)[entry], np.asarray(data.counts).sum(1))
+    pair = np.asarray(table.pair)
+    np.testing.assert_array_equal(np.asarray(table.pair_c)[pair], np.asarray(table.c))
+    np.testing.assert_array_equal(np.asarray(table.pair_n)[pair], np.asarray(table.n))
