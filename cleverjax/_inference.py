@@ -48,6 +48,7 @@ from ._model import (
     component_terms,
     compress,
     global_guide,
+    log_likelihood,
     log_weights_annotators,
     posterior_moments,
     prior_from_params,
@@ -656,7 +657,6 @@ def fit(
         delta_from=delta_from,
         spikes=bool(spikes),
     )
-    learn_delta = prep.identified
     if not prep.identified:
         _warn_unidentified()
     k_svi, k_draw, k_int, k_ppc, k_mcmc = jax.random.split(kd, 5)
@@ -680,7 +680,13 @@ def fit(
     prior = prior_from_params(params, config)
     dtype = jnp.result_type(float)
 
-    if method == "nuts":
+    if not prep.identified:
+        # The data say nothing about delta: report its prior (and average over it).
+        all_deltas = jax.random.beta(k_draw, a, b, (4000,), dtype=dtype)
+        if one_star is not None:
+            all_deltas = all_deltas * one_star
+        all_stars = jnp.full_like(all_deltas, one_star if one_star is not None else 0.99)
+    elif method == "nuts":
         nuts_model = numpyro.handlers.substitute(
             spa_model, data={k: v for k, v in params.items() if k.startswith("prior_")}
         )
@@ -701,11 +707,6 @@ def fit(
         all_deltas = all_stars * samples["delta_fraction"]
     else:
         all_deltas, all_stars = _global_draws(k_draw, params, 4000, config)
-    if not learn_delta:
-        all_deltas = jax.random.beta(k_draw, a, b, (4000,), dtype=dtype)
-        if one_star is not None:
-            all_deltas = all_deltas * one_star
-        all_stars = jnp.full_like(all_deltas, one_star if one_star is not None else 0.99)
 
     # A few stratified draws of the globals for the posterior mean and intervals.
     order = jnp.argsort(all_deltas)
@@ -826,8 +827,6 @@ def exact_delta_posterior(
     def log_post(grid):
         def one(d):
             log_w = _log_w(data, d, star, num_terms, None, None)
-            from ._model import log_likelihood
-
             return jnp.sum(data.weight * log_likelihood(data, prior, log_w))
 
         ll = jax.lax.map(one, grid)

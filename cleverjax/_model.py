@@ -221,8 +221,7 @@ def entry_calibrated(table: EntryTable, num_classes: int) -> Bool[Array, " entri
 
 def calibrated(data: SPAData) -> Bool[Array, " rows"]:
     """Rows that identify delta: biased annotations plus unbiased ones or a probe proposal."""
-    has_biased = jnp.sum(data.counts, axis=1) > 0
-    return has_biased & ((jnp.sum(data.unbiased, axis=1) > 0) | data.probe)
+    return entry_calibrated(data.table, data.counts.shape[1])[data.entry]
 
 
 def entry_log_weights(
@@ -233,8 +232,7 @@ def entry_log_weights(
     log_w = table.log_weights(delta, one_star, num_terms)
     if not cut:
         return log_w
-    sg = jax.lax.stop_gradient
-    frozen = table.log_weights(sg(delta), sg(one_star), num_terms)
+    frozen = jax.lax.stop_gradient(log_w)  # same values; no gradient to delta or 1*
     return jnp.where(entry_calibrated(table, num_classes)[:, None], log_w, frozen)
 
 
@@ -476,8 +474,8 @@ def spa_model(
     when 1* is learned, and with
     ``annotators`` the per-annotator offsets ``worker_delta = 1* sigmoid(logit(delta / 1*)
     + spread * worker_z)``, ``worker_z ~ Normal(0, 1)``, ``spread ~ HalfNormal(1)``.
-    Parameters (empirical Bayes): ``prior_mean``, ``prior_concentration``,
-    ``prior_weights``. The factor ``counts`` holds each row's exact log marginal
+    Parameters (empirical Bayes): ``prior_mean_logits``, ``prior_concentration``,
+    ``prior_weight_logits``. The factor ``counts`` holds each row's exact log marginal
     likelihood, times its weight, in a plate over rows that can be subsampled.
     """
     delta, one_star = _globals(config)
