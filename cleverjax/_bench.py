@@ -98,15 +98,28 @@ def numpy_vectorised(
     return out
 
 
+def kernel_case(
+    case: str, fn, *, images: int, per_image: int, repeats: int, images_rate: bool = False
+) -> dict:
+    """Time a kernel (compilation apart) and emit its line."""
+    compile_s, run_s = timed(fn, repeats)
+    rates = {"images_per_s": images / run_s} if images_rate else {}
+    return emit(
+        case=case,
+        images=images,
+        annotations_per_image=per_image,
+        **rates,
+        annotations_per_s=images * per_image / run_s,
+        compile_s=compile_s,
+        run_s=run_s,
+    )
+
+
 def spa_throughput(*, tiny: bool = False, big: bool = False, repeats: int = 7) -> list[dict]:
     """Run every case; print and return one dict per case, the summary last."""
-    from types import SimpleNamespace
-
-    args = SimpleNamespace(tiny=tiny, big=big, repeats=repeats)
-
-    n, num = (2000, 20) if args.tiny else (100_000, 100)
-    n_count, num_count = (2000, 1000) if args.tiny else (100_000, 1000)
-    n_python = 200 if args.tiny else 20_000
+    n, num = (2000, 20) if tiny else (100_000, 100)
+    n_count, num_count = (2000, 1000) if tiny else (100_000, 1000)
+    n_python = 200 if tiny else 20_000
     p_np, rho_np = problem(n)
     p, rho = jnp.asarray(p_np), jnp.asarray(rho_np)
     key = jax.random.key(0)
@@ -124,7 +137,7 @@ def spa_throughput(*, tiny: bool = False, big: bool = False, repeats: int = 7) -
     )
     rng = np.random.default_rng(1)
     runs = []
-    for _ in range(max(1, args.repeats // 2)):
+    for _ in range(max(1, repeats // 2)):
         t0 = time.perf_counter()
         numpy_vectorised(rng, p_np, rho_np, num)
         runs.append(time.perf_counter() - t0)
@@ -140,7 +153,7 @@ def spa_throughput(*, tiny: bool = False, big: bool = False, repeats: int = 7) -
     pb = np.asarray(biased_distribution(pc_np, rhoc_np, delta=DELTA, one_star=ONE_STAR), np.float64)
     pb /= pb.sum(axis=1, keepdims=True)
     runs = []
-    for _ in range(max(1, args.repeats // 2)):
+    for _ in range(max(1, repeats // 2)):
         t0 = time.perf_counter()
         rng.multinomial(num_count, pb)
         runs.append(time.perf_counter() - t0)
@@ -153,52 +166,37 @@ def spa_throughput(*, tiny: bool = False, big: bool = False, repeats: int = 7) -
     )
 
     # JAX kernels.
-    compile_s, run_s = timed(
+    results["labels"] = kernel_case(
+        "jax_per_annotation_labels",
         lambda: simulate_annotations(
             key, p, rho, num_annotations=num, delta=DELTA, one_star=ONE_STAR
         ),
-        args.repeats,
-    )
-    results["labels"] = emit(
-        case="jax_per_annotation_labels",
         images=n,
-        annotations_per_image=num,
-        annotations_per_s=n * num / run_s,
-        compile_s=compile_s,
-        run_s=run_s,
+        per_image=num,
+        repeats=repeats,
     )
-    compile_s, run_s = timed(
+    results["streamed"] = kernel_case(
+        "jax_per_annotation_streamed_counts",
         lambda: simulate_counts(
             key, p, rho, num_annotations=num, delta=DELTA, one_star=ONE_STAR, method="annotations"
         ),
-        args.repeats,
-    )
-    results["streamed"] = emit(
-        case="jax_per_annotation_streamed_counts",
         images=n,
-        annotations_per_image=num,
-        annotations_per_s=n * num / run_s,
-        compile_s=compile_s,
-        run_s=run_s,
+        per_image=num,
+        repeats=repeats,
     )
     pc, rhoc = jnp.asarray(pc_np), jnp.asarray(rhoc_np)
-    compile_s, run_s = timed(
+    results["counts"] = kernel_case(
+        "jax_count_form",
         lambda: simulate_counts(
             key, pc, rhoc, num_annotations=num_count, delta=DELTA, one_star=ONE_STAR
         ),
-        args.repeats,
-    )
-    results["counts"] = emit(
-        case="jax_count_form",
         images=n_count,
-        annotations_per_image=num_count,
-        images_per_s=n_count / run_s,
-        annotations_per_s=n_count * num_count / run_s,
-        compile_s=compile_s,
-        run_s=run_s,
+        per_image=num_count,
+        repeats=repeats,
+        images_rate=True,
     )
 
-    if args.big:
+    if big:
         # 10^10 annotations in one call, streamed annotation by annotation into counts.
         n_big, num_big = 10**6, 10**4
         pg_np, rhog_np = problem(n_big, seed=3)
@@ -257,7 +255,7 @@ def spa_throughput(*, tiny: bool = False, big: bool = False, repeats: int = 7) -
             results["labels"]["annotations_per_s"] >= 1e11
         )
         summary["target_gpu_count_form_5e8_images_met"] = results["counts"]["images_per_s"] >= 5e8
-    elif not args.tiny:
+    elif not tiny:
         summary["target_cpu_labels_8x_numpy_met"] = labels_vs_numpy >= 8
         summary["target_cpu_count_form_half_numpy_met"] = counts_vs_numpy >= 0.5
     results["summary"] = emit(**summary)

@@ -277,6 +277,7 @@ def _correct(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    import jax
     import numpy as np
 
     import cleverjax as cj
@@ -286,8 +287,6 @@ def _fit(args: argparse.Namespace) -> int:
     shown = counts.proposals >= 0
     if not shown.any():
         raise ValueError(f"{args.table}: no annotation was made with a proposal; nothing to fit")
-    import jax
-
     key = jax.random.key(args.seed)
     if args.per_annotator:
         res = cj.fit_annotators(key, table, one_star=args.one_star, progress=_interactive())
@@ -308,21 +307,19 @@ def _fit(args: argparse.Namespace) -> int:
             },
         )
     else:
-        keep = shown | (counts.unbiased.sum(axis=1) > 0)
-        proposals = np.where(shown, counts.proposals, 0)
-        probe = ~shown  # tasks never shown a proposal: the population prior
+        # Every task in a table has an annotation; tasks never shown a proposal are
+        # fitted under the population prior (the probe row).
         res = cj.fit(
             key,
-            counts.biased[keep],
-            proposals[keep],
-            unbiased_counts=counts.unbiased[keep],
-            probe=probe[keep],
+            counts.biased,
+            np.where(shown, counts.proposals, 0),
+            unbiased_counts=counts.unbiased,
+            probe=~shown,
             one_star=args.one_star,
             delta_from=args.delta_from,
             progress=_interactive(),
         )
-        labels = np.full(counts.biased.shape, np.nan)
-        labels[keep] = np.asarray(res.posterior_mean)
+        labels = res.posterior_mean
         summary = {
             "delta": res.delta,
             "delta_interval": list(res.delta_interval),
