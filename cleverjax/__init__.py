@@ -1,5 +1,6 @@
 """cleverjax: simulate, correct and infer the default effect of proposal-guided annotation."""
 
+from . import _cache
 from ._correction import Calibration as Calibration
 from ._correction import DeltaEstimate as DeltaEstimate
 from ._correction import bias_correction as bias_correction
@@ -17,17 +18,6 @@ from ._experiments import Finding as Finding
 from ._experiments import budget_curves as budget_curves
 from ._experiments import check_findings as check_findings
 from ._experiments import figure3 as figure3
-from ._inference import AnnotatorFit as AnnotatorFit
-from ._inference import CalibrationPlan as CalibrationPlan
-from ._inference import ConvergenceWarning as ConvergenceWarning
-from ._inference import DeltaPosterior as DeltaPosterior
-from ._inference import FitResult as FitResult
-from ._inference import IdentifiabilityWarning as IdentifiabilityWarning
-from ._inference import PosteriorPredictive as PosteriorPredictive
-from ._inference import exact_delta_posterior as exact_delta_posterior
-from ._inference import fit as fit
-from ._inference import fit_annotators as fit_annotators
-from ._inference import plan_calibration as plan_calibration
 from ._io import AnnotationTable as AnnotationTable
 from ._io import Counts as Counts
 from ._io import DCICOutput as DCICOutput
@@ -43,9 +33,6 @@ from ._metrics import Guideline as Guideline
 from ._metrics import annotation_guideline as annotation_guideline
 from ._metrics import budget as budget
 from ._metrics import kl_divergence as kl_divergence
-from ._model import Prior as Prior
-from ._model import spa_model as spa_model
-from ._model import spa_model_uncollapsed as spa_model_uncollapsed
 from ._plotting import plot_figure3 as plot_figure3
 from ._presets import PRESETS as PRESETS
 from ._presets import Preset as Preset
@@ -58,5 +45,22 @@ from ._spa import propose as propose
 from ._spa import simulate_annotations as simulate_annotations
 from ._spa import simulate_counts as simulate_counts
 from ._spa import simulate_sweep as simulate_sweep
+from .bayes import AnnotatorFit as AnnotatorFit
+from .bayes import CalibrationPlan as CalibrationPlan
+from .bayes import ConvergenceWarning as ConvergenceWarning
+from .bayes import DeltaPosterior as DeltaPosterior
+from .bayes import FitResult as FitResult
+from .bayes import IdentifiabilityWarning as IdentifiabilityWarning
+from .bayes import PosteriorPredictive as PosteriorPredictive
+from .bayes import Prior as Prior
+from .bayes import default_adam as default_adam
+from .bayes import exact_delta_posterior as exact_delta_posterior
+from .bayes import fit as fit
+from .bayes import fit_annotators as fit_annotators
+from .bayes import plan_calibration as plan_calibration
+from .bayes import spa_model as spa_model
+from .bayes import spa_model_uncollapsed as spa_model_uncollapsed
 
 __version__ = "0.1.0"
+
+_compilation_cache = _cache.configure_compilation_cache()

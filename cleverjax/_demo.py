@@ -20,11 +20,11 @@ from ._correction import (
     estimate_delta,
     soft_labels,
 )
-from ._inference import ConvergenceWarning, fit
 from ._metrics import kl_divergence
 from ._presets import preset as get_preset
 from ._presets import sample_ground_truth
 from ._spa import propose, simulate_counts
+from .bayes import ConvergenceWarning, fit
 
 
 def run_demo(

@@ -1,0 +1,205 @@
+"""Wall time and peak memory of ``cleverjax.fit`` on the hard cases, each in a fresh process.
+
+Data ("diverse"): every image's label distribution drawn from Dirichlet(0.2) over 10
+classes, so that nearly every image is distinct; the proposal is the most likely class;
+delta = 0.3; ``N`` biased annotations per image; 100 calibration images with 10 unbiased
+annotations each. Each case runs ``fit`` with its default settings (predictive check
+included) in a new Python process and reports the wall time of the ``fit`` call
+(compilation included), the process's peak memory and the distinct rows.
+
+Cases (``--cases`` to choose):
+
+- ``diverse_1e5``: 10^5 images, N = 10 (target <= 20 s);
+- ``diverse_1e6``: 10^6 images, N = 10;
+- ``diverse_1e7``: 10^7 images, N = 10 (target <= 10 min and <= 4 GiB);
+- ``n100``: 10^4 images, N = 100 (target <= 30 s);
+- ``n1000``: 10^4 images, N = 1000 (target <= 60 s and <= 2 GiB);
+- ``mixed`` / ``mixed_base``: 10^4 images, 20 of them with N = 1000 and the rest N = 10,
+  against the same images all with N = 10 (target: little more);
+- ``small_cold`` / ``small_warm``: 1000 images, N = 10, first with the compilation cache
+  off, then with a cache filled by an earlier process (targets <= 15 s and <= 5 s);
+- ``baseline``: NumPyro SVI on the uncollapsed model (a latent p per image, AutoNormal,
+  Trace_ELBO, Adam) on the 10^5-image data, steps timed after compilation.
+
+    python benchmarks/fit_scale.py                 # every case
+    python benchmarks/fit_scale.py --cases small_cold small_warm
+    python benchmarks/fit_scale.py --tiny          # seconds-long smoke run (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+CASES = {
+    "diverse_1e5": dict(images=100_000, n=10),
+    "diverse_1e6": dict(images=1_000_000, n=10),
+    "diverse_1e7": dict(images=10_000_000, n=10),
+    "n100": dict(images=10_000, n=100),
+    "n1000": dict(images=10_000, n=1000),
+    "mixed": dict(images=10_000, n=10, large=20),
+    "mixed_base": dict(images=10_000, n=10),
+    "small_cold": dict(images=1000, n=10, cache="off"),
+    "small_warm": dict(images=1000, n=10, cache="warm"),
+    "baseline": dict(images=100_000, n=10, baseline=True),
+}
+TINY = {"diverse_1e5": dict(images=2000, n=10), "baseline": dict(images=500, n=10, baseline=True)}
+
+
+def diverse(images: int, n: int, *, large: int = 0, seed: int = 0):
+    """Diverse ground truth, proposals, biased and unbiased counts (see the module doc)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import cleverjax as cj
+
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(10, 0.2), size=images).astype(np.float32)
+    rho = np.argmax(p, axis=1).astype(np.int32)
+    num = np.full(images, n, np.int32)
+    num[:large] = 1000
+    k_sim, k_cal = jax.random.split(jax.random.key(seed))
+    biased = cj.simulate_counts(
+        k_sim, jnp.asarray(p), jnp.asarray(rho), num_annotations=jnp.asarray(num), delta=0.3
+    )
+    cal = cj.calibration_sample(k_cal, jnp.asarray(p), num_images=100, num_annotations=10)
+    unbiased = jnp.zeros_like(biased).at[cal.indices].set(cal.counts)
+    return p, np.asarray(rho), np.asarray(biased), np.asarray(unbiased)
+
+
+def peak_rss_gib() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30
+
+
+def run_case(name: str, spec: dict) -> dict:
+    """One case in this (fresh) process."""
+    import numpyro
+
+    numpyro.set_host_device_count(os.cpu_count() or 1)  # as the command line does
+    import jax
+
+    import cleverjax as cj
+    from cleverjax._bench import device_name
+    from cleverjax.bayes.data import prepare
+
+    p, rho, biased, unbiased = diverse(spec["images"], spec["n"], large=spec.get("large", 0))
+    out = dict(case=name, images=spec["images"], annotations_per_image=spec["n"])
+    if spec.get("large"):
+        out["images_with_1000_annotations"] = spec["large"]
+    if spec.get("baseline"):
+        return {
+            **out,
+            **baseline(biased, rho, steps=spec.get("steps", 20)),
+            "device": device_name(),
+        }
+    t0 = time.perf_counter()
+    res = cj.fit(jax.random.key(1), biased, rho, unbiased_counts=unbiased)
+    jax.block_until_ready(res.posterior_mean)
+    wall = time.perf_counter() - t0
+    kl = float(cj.kl_divergence(p, res.posterior_mean))
+    out.update(
+        fit_s=wall,
+        steps=int(res.losses.shape[0]),
+        converged=res.converged,
+        step_seconds=res.step_seconds,
+        distinct_rows=prepare(biased, rho, unbiased, None).data.num_rows
+        if spec["images"] <= 10**6
+        else None,
+        delta=res.delta,
+        delta_interval=list(res.delta_interval),
+        kl=kl,
+        ppc_p=res.ppc.p_value if res.ppc is not None else None,
+        peak_rss_gib=peak_rss_gib(),
+        cache=spec.get("cache", "default"),
+        device=device_name(),
+    )
+    return out
+
+
+def baseline(biased, rho, steps: int) -> dict:
+    """NumPyro SVI on the uncollapsed model: image-steps per second after compilation."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoNormal
+
+    import cleverjax as cj
+
+    k = biased.shape[1]
+    kwargs = dict(mean=jnp.full((k, k), 1 / k), concentration=jnp.ones(k))
+    model = cj.spa_model_uncollapsed
+    svi = SVI(model, AutoNormal(model), optax.adam(1e-2), Trace_ELBO())
+    b, r = jnp.asarray(biased), jnp.asarray(rho)
+    state = svi.init(jax.random.key(3), b, r, **kwargs)
+    update = jax.jit(lambda s: svi.update(s, b, r, **kwargs))
+    t0 = time.perf_counter()
+    state, loss = update(state)
+    jax.block_until_ready(loss)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, loss = update(state)
+    jax.block_until_ready(loss)
+    wall = time.perf_counter() - t0
+    return dict(
+        method="NumPyro SVI, uncollapsed model, AutoNormal",
+        steps=steps,
+        compile_s=compile_s,
+        image_steps_per_s=biased.shape[0] * steps / wall,
+        seconds_for_500_steps=500 * wall / steps + compile_s,
+    )
+
+
+def spawn(name: str, spec: dict, cache_dir: str) -> dict:
+    env = dict(os.environ)
+    cache = spec.get("cache", "default")
+    env["CLEVERJAX_COMPILATION_CACHE"] = "off" if cache == "off" else cache_dir
+    if cache == "warm":  # fill the cache in an earlier process
+        subprocess.run(
+            [sys.executable, __file__, "--one", name, json.dumps(spec)],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, __file__, "--one", name, json.dumps(spec)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return dict(
+            case=name, error=proc.stderr.strip().splitlines()[-1:], returncode=proc.returncode
+        )
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["process_s"] = wall
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=None)
+    parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run")
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_case(args.one[0], json.loads(args.one[1]))), flush=True)
+        return
+    cases = TINY if args.tiny else {n: CASES[n] for n in (args.cases or CASES)}
+    with tempfile.TemporaryDirectory() as cache_dir:
+        for name, spec in cases.items():
+            print(json.dumps(spawn(name, spec, cache_dir)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The persistent compilation cache that cleverjax manages by default.
+
+Compiling the Bayesian fit takes far longer than running it on small data; JAX can keep
+compiled programs on disk, so that a later process skips the compilation. On import,
+cleverjax points JAX's compilation cache at ``$XDG_CACHE_HOME/cleverjax/jax`` (by
+default ``~/.cache/cleverjax/jax``) unless the caller has configured a cache already.
+
+Set the environment variable ``CLEVERJAX_COMPILATION_CACHE`` before importing cleverjax
+to ``off`` (or ``0``) to leave JAX's cache alone, or to a directory to use that one. The
+cache takes effect when cleverjax is imported before the first JAX compilation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+
+ENV = "CLEVERJAX_COMPILATION_CACHE"
+_OFF = ("0", "off", "false", "no", "none")
+MIN_COMPILE_SECONDS = 0.2
+"""Programs that compile faster than this are not worth a file."""
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cleverjax" / "jax"
+
+
+def configure_compilation_cache() -> Path | None:
+    """Point JAX's persistent compilation cache at cleverjax's directory (see the module
+    docstring); return the directory, or ``None`` when it is off or the caller's own."""
+    setting = os.environ.get(ENV, "").strip()
+    if setting.lower() in _OFF or jax.config.jax_compilation_cache_dir:
+        return None
+    path = Path(setting).expanduser() if setting else default_cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # a read-only home: run without a cache rather than fail
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    return path

@@ -1,0 +1,346 @@
+"""Data preparation for the Bayesian model: validation, merging of identical images into
+weighted rows, the table of distinct likelihood entries, padding to bucketed shapes and
+sharding over devices.
+
+The likelihood depends on an image only through (proposal, probe, biased counts, unbiased
+counts), so the exact objective over all images is a weighted sum over distinct rows; and
+the part in ``t = p[rho]`` depends only on (prior row, proposal, c, N, u, M), so it is
+computed once per distinct *entry*. Shapes are padded to a few bucketed sizes with
+zero-weight rows so that data sets of similar size share one compiled program (in a
+process, and across processes through the persistent compilation cache).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import Array, Bool, Float, Int
+
+from .. import _checks
+from .._random import key_data
+
+
+class EntryTable(NamedTuple):
+    """Distinct (prior row, proposal, c, N, u, M) tuples: everything the part of the
+    likelihood in ``t = p[rho]`` depends on.
+
+    Attributes:
+        group: ``(entries,)`` prior row: the proposal, or K for a probe.
+        rho: ``(entries,)`` proposed class.
+        c: ``(entries,)`` biased annotations on the proposal.
+        n: ``(entries,)`` biased annotations N.
+        u: ``(entries,)`` unbiased annotations on the proposal.
+        m: ``(entries,)`` unbiased annotations M.
+        pair: ``(entries,)`` index of the entry's (c, N) pair: the polynomial weights
+            depend on nothing else, so they are computed once per pair.
+        pair_c: ``(pairs,)`` c of each distinct pair.
+        pair_n: ``(pairs,)`` N of each distinct pair.
+    """
+
+    group: Int[Array, " entries"]
+    rho: Int[Array, " entries"]
+    c: Int[Array, " entries"]
+    n: Int[Array, " entries"]
+    u: Int[Array, " entries"]
+    m: Int[Array, " entries"]
+    pair: Int[Array, " entries"]
+    pair_c: Int[Array, " pairs"]
+    pair_n: Int[Array, " pairs"]
+
+    @property
+    def num_entries(self) -> int:
+        return self.group.shape[0]
+
+
+class SPAData(NamedTuple):
+    """Images for the model, after merging identical rows (their ``weight`` counts them).
+
+    Attributes:
+        proposals: ``(rows,)`` proposed class.
+        counts: ``(rows, classes)`` biased counts (annotations made with the proposal).
+        unbiased: ``(rows, classes)`` unbiased counts (no proposal shown).
+        probe: ``(rows,)`` the proposal was drawn at random, independently of the image.
+        weight: ``(rows,)`` how many images share this row (0 for padding).
+        entry: ``(rows,)`` the row's entry in ``table``.
+        table: the distinct entries (see :class:`EntryTable`).
+    """
+
+    proposals: Int[Array, " rows"]
+    counts: Int[Array, "rows classes"]
+    unbiased: Int[Array, "rows classes"]
+    probe: Bool[Array, " rows"]
+    weight: Float[Array, " rows"]
+    entry: Int[Array, " rows"]
+    table: EntryTable
+
+    def take(self, idx) -> SPAData:
+        """The rows ``idx`` (the entry table is shared)."""
+        rows = (self.proposals, self.counts, self.unbiased, self.probe, self.weight, self.entry)
+        return SPAData(*(x[idx] for x in rows), self.table)
+
+    def own_entries(self) -> SPAData:
+        """The same rows with one entry each (for likelihoods that differ per row)."""
+        return self._replace(
+            entry=jnp.arange(self.num_rows, dtype=jnp.int32), table=row_entries(self)
+        )
+
+    @property
+    def num_rows(self) -> int:
+        return self.proposals.shape[0]
+
+
+def row_entries(data: SPAData) -> EntryTable:
+    """Each row's entry (traceable)."""
+    num_classes = data.counts.shape[1]
+    is_rho = data.proposals[:, None] == jnp.arange(num_classes, dtype=jnp.int32)[None, :]
+    c = jnp.sum(jnp.where(is_rho, data.counts, 0), axis=1)
+    n = jnp.sum(data.counts, axis=1)
+    return EntryTable(
+        group=jnp.where(data.probe, num_classes, data.proposals).astype(jnp.int32),
+        rho=data.proposals.astype(jnp.int32),
+        c=c,
+        n=n,
+        u=jnp.sum(jnp.where(is_rho, data.unbiased, 0), axis=1),
+        m=jnp.sum(data.unbiased, axis=1),
+        pair=jnp.arange(data.proposals.shape[0], dtype=jnp.int32),
+        pair_c=c,
+        pair_n=n,
+    )
+
+
+def entry_calibrated(table: EntryTable, num_classes: int) -> Bool[Array, " entries"]:
+    """Entries that identify delta: biased annotations plus unbiased ones or a probe."""
+    return (table.n > 0) & ((table.m > 0) | (table.group == num_classes))
+
+
+def calibrated(data: SPAData) -> Bool[Array, " rows"]:
+    """Rows that identify delta: biased annotations plus unbiased ones or a probe proposal."""
+    return entry_calibrated(data.table, data.counts.shape[1])[data.entry]
+
+
+# ----------------------------------------------------------------------------------
+# Merging identical images
+# ----------------------------------------------------------------------------------
+
+
+def _unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct rows of ``a`` (in an arbitrary but fixed order), each row's index among
+    them, and their multiplicities. Rows are compared as raw bytes: sorting one opaque
+    item per row is an order of magnitude faster than ``np.unique(axis=0)``."""
+    a = np.ascontiguousarray(a)
+    flat = a.view(np.dtype((np.void, a.itemsize * a.shape[1]))).reshape(-1)
+    uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    return uniq.view(a.dtype).reshape(-1, a.shape[1]), inverse.reshape(-1), counts
+
+
+def _row_keys(proposals, counts, unbiased, probe) -> np.ndarray:
+    """One integer row per image holding everything the likelihood depends on, in the
+    narrowest integer type that holds every value (the sort behind np.unique is the
+    memory peak of a large fit, and int16 keys take a quarter of int64's)."""
+    n, k = counts.shape
+    largest = max(int(counts.max(initial=0)), int(unbiased.max(initial=0)), k)
+    dtype = next(t for t in (np.int16, np.int32, np.int64) if largest <= np.iinfo(t).max)
+    key = np.empty((n, 2 + 2 * k), dtype)
+    key[:, 0], key[:, 1], key[:, 2 : 2 + k], key[:, 2 + k :] = proposals, probe, counts, unbiased
+    return key
+
+
+def _entry_table(rho, is_probe, c, u, k: int) -> tuple[EntryTable, np.ndarray]:
+    """The distinct entries of the rows (rho, probe, c, u) and each row's entry."""
+    rows = np.arange(len(rho))
+    entry_key = np.stack(
+        [np.where(is_probe, k, rho), rho, c[rows, rho], c.sum(axis=1), u[rows, rho], u.sum(axis=1)],
+        axis=1,
+    )
+    entries, entry, _ = _unique_rows(entry_key)
+    pairs, pair, _ = _unique_rows(entries[:, 2:4])
+    table = EntryTable(
+        *(_i32(entries[:, i]) for i in range(6)),
+        pair=_i32(pair.reshape(-1)),
+        pair_c=_i32(pairs[:, 0]),
+        pair_n=_i32(pairs[:, 1]),
+    )
+    return table, entry.reshape(-1)
+
+
+def _i32(x) -> Array:
+    return jnp.asarray(x, jnp.int32)
+
+
+def compress(
+    proposals: np.ndarray, counts: np.ndarray, unbiased: np.ndarray, probe: np.ndarray
+) -> tuple[SPAData, np.ndarray]:
+    """Merge identical images into weighted rows and list the distinct entries; return the
+    rows and each image's row."""
+    k = counts.shape[1]
+    uniq, inverse, weight = _unique_rows(_row_keys(proposals, counts, unbiased, probe))
+    uniq = uniq.astype(np.int64)
+    rho, is_probe = uniq[:, 0], uniq[:, 1] > 0
+    c, u = uniq[:, 2 : 2 + k], uniq[:, 2 + k :]
+    table, entry = _entry_table(rho, is_probe, c, u, k)
+    data = SPAData(
+        proposals=_i32(rho),
+        counts=_i32(c),
+        unbiased=_i32(u),
+        probe=jnp.asarray(is_probe),
+        weight=jnp.asarray(weight, jnp.result_type(float)),
+        entry=_i32(entry),
+        table=table,
+    )
+    return data, inverse.reshape(-1)
+
+
+# ----------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------
+
+
+class Prepared(NamedTuple):
+    """Validated inputs and their merged rows.
+
+    Attributes:
+        data: distinct rows (see :class:`SPAData`), not yet padded.
+        inverse: ``(images,)`` each image's row in ``data``.
+        counts, unbiased, proposals, probe: the validated inputs as NumPy arrays.
+    """
+
+    data: SPAData
+    inverse: np.ndarray
+    counts: np.ndarray
+    unbiased: np.ndarray
+    proposals: np.ndarray
+    probe: np.ndarray
+
+    @property
+    def num_terms(self) -> int:
+        """Polynomial terms: the largest number of biased annotations of an image, plus 1."""
+        return int(self.counts.sum(axis=1).max()) + 1
+
+    @property
+    def calibration_images(self) -> int:
+        """Images that identify delta: biased annotations plus unbiased ones, or a probe."""
+        nb, nu = self.counts.sum(axis=1), self.unbiased.sum(axis=1)
+        return int(np.sum((nb > 0) & ((nu > 0) | self.probe)))
+
+
+def prepare(counts, proposals, unbiased_counts, probe) -> Prepared:
+    """Validate the inputs of :func:`cleverjax.fit` and merge identical images."""
+    c = np.asarray(_checks.as_counts("counts", counts))
+    n, k = c.shape
+    if k < 2:
+        raise ValueError(f"`counts` must have at least 2 classes (columns); got {c.shape}")
+    if n == 0:
+        raise ValueError("`counts` must hold at least one image; got 0 rows")
+    rho = _checks.as_int_array("proposals", proposals, ndim=1)
+    _checks.check_shape("proposals", rho, (n,), hint="give one proposed class per image")
+    rho = np.asarray(_checks.check_labels("proposals", rho, k))
+    if unbiased_counts is None:
+        u = np.zeros_like(c)
+    else:
+        u = np.asarray(_checks.as_counts("unbiased_counts", unbiased_counts))
+        _checks.check_shape(
+            "unbiased_counts",
+            jnp.asarray(u),
+            (n, k),
+            hint="same shape as `counts`; zero rows for images without unbiased annotations",
+        )
+    if probe is None:
+        pr = np.zeros(n, bool)
+    else:
+        pr = np.asarray(probe)
+        if pr.shape != (n,):
+            raise ValueError(f"`probe` must have shape ({n},); got {pr.shape}")
+        if pr.dtype != bool:
+            raise TypeError(f"`probe` must be a boolean array; got dtype {pr.dtype}")
+    empty = (c.sum(axis=1) + u.sum(axis=1)) == 0
+    if empty.any():
+        raise ValueError(
+            f"every image needs at least one annotation; {int(empty.sum())} "
+            f"image(s) have none, first at index {int(np.argmax(empty))}. "
+            f"Drop them before fitting"
+        )
+    data, inverse = compress(rho, c, u, pr)
+    return Prepared(data, inverse, c, u, rho, pr)
+
+
+def typed_key(key) -> Array:
+    """A new-style threefry key from any key :func:`cleverjax._random.key_data` accepts."""
+    return jax.random.wrap_key_data(key_data(key), impl="threefry2x32")
+
+
+# ----------------------------------------------------------------------------------
+# Bucketed shapes and devices
+# ----------------------------------------------------------------------------------
+
+
+def bucket(size: int, multiple: int = 1) -> int:
+    """The smallest of 1, 2, 3, 4, 6, 8, 12, 16, ... (powers of 2 and 1.5 times them) that
+    holds ``size``, rounded up to a multiple of ``multiple``: at most 50 % padding, and
+    data sets of similar size share one compiled program."""
+    size = max(int(size), 1)
+    power = 2 ** max(math.ceil(math.log2(size)) - 1, 0)
+    best = next(b for b in (power, 3 * power // 2, 2 * power) if b >= size)
+    return -(-best // multiple) * multiple
+
+
+def _pad_rows(x: Array, size: int) -> Array:
+    extra = size - x.shape[0]
+    if extra == 0:
+        return x
+    return jnp.concatenate([x, jnp.broadcast_to(x[:1], (extra, *x.shape[1:]))], axis=0)
+
+
+def pad(data: SPAData, multiple: int = 1) -> SPAData:
+    """``data`` with rows, entries and pairs padded to bucketed sizes. Padding rows copy
+    row 0 with weight 0; padding entries and pairs copy the first (no row points to them)."""
+    rows = bucket(data.num_rows, multiple)
+    table = data.table
+    entries, pairs = bucket(table.num_entries), bucket(table.pair_c.shape[0])
+    table = EntryTable(
+        *(_pad_rows(x, entries) for x in table[:7]),
+        pair_c=_pad_rows(table.pair_c, pairs),
+        pair_n=_pad_rows(table.pair_n, pairs),
+    )
+    fields = [_pad_rows(x, rows) for x in data[:6]]
+    fields[4] = fields[4].at[data.num_rows :].set(0.0)
+    return SPAData(*fields, table)
+
+
+def shard_rows(data: SPAData, devices) -> SPAData:
+    """Spread the rows over ``devices`` (data parallel; the row count must be a multiple of
+    the device count, see :func:`pad`). The entry table is replicated."""
+    devices = tuple(devices)
+    if len(devices) == 1:
+        return jax.device_put(data, devices[0])
+    mesh = Mesh(np.array(devices), ("rows",))
+    by_row = NamedSharding(mesh, PartitionSpec("rows"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    fields = [jax.device_put(x, by_row) for x in data[:-1]]
+    table = jax.tree.map(lambda x: jax.device_put(x, replicated), data.table)
+    return SPAData(*fields, table)
+
+
+def subsample(prep: Prepared, num_images: int, key) -> tuple[SPAData, float]:
+    """Rows for fitting the prior from at most ``num_images`` images: every calibration
+    image (they carry delta's information) and a uniform random sample of the others, whose
+    weights are scaled up so that the objective estimates the one over all images. Returns
+    the merged rows and the scale."""
+    nb, nu = prep.counts.sum(axis=1), prep.unbiased.sum(axis=1)
+    cal = (nb > 0) & ((nu > 0) | prep.probe)
+    others = np.flatnonzero(~cal)
+    take = max(num_images - int(cal.sum()), 1)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint64).tolist())
+    chosen = np.sort(rng.choice(others, size=min(take, len(others)), replace=False))
+    keep = np.concatenate([np.flatnonzero(cal), chosen])
+    scale = len(others) / max(len(chosen), 1)
+    data, _ = compress(
+        prep.proposals[keep], prep.counts[keep], prep.unbiased[keep], prep.probe[keep]
+    )
+    # Rows are merged within each kind only, so one row is either calibration or not.
+    weight = jnp.where(calibrated(data), data.weight, data.weight * scale)
+    return data._replace(weight=weight), scale

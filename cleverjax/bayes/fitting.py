@@ -1,0 +1,534 @@
+"""``fit``: infer delta, 1* and every image's label distribution, as a pipeline of stages:
+prepare the data, fit the prior and the globals, draw the globals, summarise every image,
+check the model.
+
+What identifies delta: the acceptance rate of an image is ``delta + (1* - delta) p[rho]``,
+so delta is pinned down only where something independent tells us ``p[rho]``: unbiased
+annotations of the same images (the paper's calibration design: 100 images with 10
+annotations each), or *probe* images whose proposal was drawn at random (for them
+``E[p[rho]] = 1/K`` whatever the image). From biased counts alone delta trades off
+against the prior on ``p[rho]``; :func:`fit` then warns and, by default, reports the
+prior of delta instead of a confident but unsupported number.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray
+from numpyro.infer import MCMC, NUTS, SVI
+
+from .. import _checks
+from .._checks import ArrayIn
+from .data import Prepared, calibrated, pad, prepare, shard_rows, subsample, typed_key
+from .likelihood import Prior
+from .model import (
+    ModelConfig,
+    QuadratureELBO,
+    _global_sites,
+    component_kinds,
+    global_guide,
+    prior_from_params,
+    spa_model,
+)
+from .optimize import Optimized, lenient_promotion, run_lbfgs, run_svi
+from .posterior import PosteriorPredictive, ppc, stratified, summaries
+
+MIN_CALIBRATION_IMAGES = 20
+"""Calibration images (biased annotations plus unbiased ones, or a probe proposal) below
+which delta counts as not identified: :func:`fit` warns and ``identified`` is false."""
+
+MIN_CALIBRATION_ANNOTATIONS = 100
+"""Biased annotations on calibration images below which delta counts as not identified."""
+
+
+class IdentifiabilityWarning(UserWarning):
+    """The data carry too little calibration information to identify delta."""
+
+
+class FitResult(NamedTuple):
+    """Result of :func:`fit`.
+
+    Attributes:
+        delta: posterior mean of delta.
+        delta_interval: equal-tailed credible interval of delta (``level``).
+        one_star: posterior mean of 1* (the fixed value when not learned).
+        one_star_interval: its credible interval (both ends equal when fixed).
+        posterior_mean: ``(images, classes)`` posterior mean of every image's label
+            distribution: the repaired labels (averaged over the posterior of delta).
+        lower: ``(images, classes)`` lower end of each per-image credible interval.
+        upper: ``(images, classes)`` upper end.
+        level: credible level of the intervals (default 0.9).
+        losses: ``(steps,)`` the objective (negative ELBO) after every optimiser step.
+        converged: whether the optimiser reached a plateau before ``max_steps``.
+        identified: whether the calibration data identify delta (see
+            :data:`MIN_CALIBRATION_IMAGES` and :data:`MIN_CALIBRATION_ANNOTATIONS`).
+        delta_samples: ``(draws,)`` posterior draws of delta.
+        prior: the learned prior (empirical Bayes).
+        params: all fitted parameters (NumPyro parameter names to arrays).
+        ppc: posterior predictive check of the acceptance rate.
+        method: ``"svi"`` or ``"nuts"``.
+        seconds: wall time, compilation included.
+        step_seconds: wall time of one optimiser step, compilation excluded.
+    """
+
+    delta: float
+    delta_interval: tuple[float, float]
+    one_star: float
+    one_star_interval: tuple[float, float]
+    posterior_mean: Float[Array, "images classes"]
+    lower: Float[Array, "images classes"]
+    upper: Float[Array, "images classes"]
+    level: float
+    losses: Float[Array, " steps"]
+    converged: bool
+    identified: bool
+    delta_samples: Float[Array, " draws"]
+    prior: Prior
+    params: dict
+    ppc: PosteriorPredictive | None
+    method: str
+    seconds: float
+    step_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scalar results as plain Python values (JSON-ready): delta, 1*, their
+        intervals, the credible level, convergence, identification, the predictive check,
+        method, number of optimiser steps and timings."""
+        out: dict[str, Any] = {
+            "delta": self.delta,
+            "delta_interval": list(self.delta_interval),
+            "one_star": self.one_star,
+            "one_star_interval": list(self.one_star_interval),
+            "level": self.level,
+            "converged": self.converged,
+            "identified": self.identified,
+            "method": self.method,
+            "steps": int(self.losses.shape[0]),
+            "seconds": self.seconds,
+            "step_seconds": self.step_seconds,
+            "images": int(self.posterior_mean.shape[0]),
+            "classes": int(self.posterior_mean.shape[1]),
+        }
+        if self.ppc is not None:
+            out["ppc"] = {"acceptance_rate": self.ppc.observed, "p_value": self.ppc.p_value}
+        return out
+
+
+# ----------------------------------------------------------------------------------
+# Stages
+# ----------------------------------------------------------------------------------
+
+
+def _check_beta_prior(name: str, prior) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in prior)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"`{name}` must be a pair (a, b) of Beta parameters; got {prior!r}"
+        ) from err
+    if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
+        raise ValueError(f"`{name}` must be two positive finite numbers; got {prior!r}")
+    return a, b
+
+
+def _check_positive_ints(**values) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"`{name}` must be a positive int; got {v!r}")
+
+
+def _identification(prep: Prepared) -> tuple[bool, int, int]:
+    """(identified, calibration images, biased annotations on them)."""
+    nb, nu = prep.counts.sum(axis=1), prep.unbiased.sum(axis=1)
+    cal = (nb > 0) & ((nu > 0) | prep.probe)
+    images, annotations = int(cal.sum()), int(nb[cal].sum())
+    ok = images >= MIN_CALIBRATION_IMAGES and annotations >= MIN_CALIBRATION_ANNOTATIONS
+    return ok, images, annotations
+
+
+def _warn_identification(images: int, annotations: int) -> None:
+    if images == 0:
+        what = (
+            "no image has both unbiased and biased annotations, and no probe images are "
+            "marked. From biased counts alone delta trades off against the prior on "
+            "p[proposal], so cleverjax reports delta's prior (a wide interval) and averages "
+            "the labels over it"
+        )
+    else:
+        what = (
+            f"only {images} calibration image(s) with {annotations} biased annotation(s); "
+            f"at least {MIN_CALIBRATION_IMAGES} images and {MIN_CALIBRATION_ANNOTATIONS} "
+            f"annotations are needed for delta to count as identified, so its interval is "
+            f"wide and depends on the prior"
+        )
+    warnings.warn(
+        f"delta is not identified by these data: {what}. Add calibration images (unbiased "
+        f"annotations) or probes to learn delta (see cleverjax.plan_calibration).",
+        IdentifiabilityWarning,
+        stacklevel=3,
+    )
+
+
+def initial_prior(prep: Prepared, config: ModelConfig) -> Prior:
+    """Data-driven start: each row's mean label, smoothed; Dirichlet components spread in
+    sharpness; spikes at the share of rows that look certain."""
+    k = prep.counts.shape[1]
+    total = prep.counts + prep.unbiased + 0.5
+    soft = total / total.sum(1, keepdims=True)
+    groups = np.where(prep.probe, k, prep.proposals)
+    sums = np.zeros((k + 1, k))
+    np.add.at(sums, groups, soft)
+    sizes = np.bincount(groups, minlength=k + 1)[:, None]
+    means = np.where(sizes > 0, sums / np.maximum(sizes, 1), soft.mean(axis=0))
+    kinds = np.asarray(component_kinds(config))
+    c = len(kinds)
+    dtype = jnp.result_type(float)
+    mean = np.repeat(means[:, None, :], c, axis=1)
+    dirichlet = kinds == 0
+    conc = np.full(c, 3.0)
+    conc[dirichlet] = np.geomspace(1.0, 20.0, dirichlet.sum()) if dirichlet.sum() > 1 else 3.0
+    weights = np.where(dirichlet, 0.6 / dirichlet.sum(), 0.2)
+    weights = weights / weights.sum()
+    return Prior(
+        jnp.asarray(mean, dtype),
+        jnp.asarray(np.tile(conc, (k + 1, 1)), dtype),
+        jnp.asarray(np.tile(weights, (k + 1, 1)), dtype),
+        component_kinds(config),
+    )
+
+
+def _optimise(
+    key, prep: Prepared, config: ModelConfig, init: Prior, devices, settings: dict
+) -> tuple[Optimized, Any]:
+    """Fit the prior and the variational posterior of the globals: on every image, or on
+    a random subsample of ``prior_images`` images plus every calibration image."""
+    k_sub, k_opt = jax.random.split(key)
+    prior_images = settings["prior_images"]
+    if prior_images is not None and prep.counts.shape[0] > prior_images:
+        data, _ = subsample(prep, prior_images, k_sub)
+    else:
+        data = prep.data
+    data = shard_rows(pad(data, len(devices)), devices)
+    scale = float(prep.counts.shape[0])  # tolerances are per image
+    optimizer = settings["optimizer"]
+    common = dict(max_steps=settings["max_steps"], tolerance=settings["tolerance"], scale=scale)
+    kwargs = {"init": init}
+    if optimizer is None:
+        svi = SVI(spa_model, global_guide, optax.sgd(0.0), QuadratureELBO(), config=config)
+        out = run_lbfgs(svi, k_opt, (data,), kwargs, progress=settings["progress"], **common)
+    else:
+        svi = SVI(spa_model, global_guide, optimizer, QuadratureELBO(), config=config)
+        out = run_svi(svi, k_opt, (data,), kwargs, progress=settings["progress"], **common)
+    return out, data
+
+
+def _global_draws(key, params, num_draws: int, config: ModelConfig):
+    """Draws of (delta, 1*) from the fitted :func:`global_guide`."""
+    draws = {}
+    for i, (site, _) in enumerate(_global_sites(config)):
+        eps = jax.random.normal(jax.random.fold_in(key, i), (num_draws,), jnp.result_type(float))
+        draws[site] = jax.nn.sigmoid(params[f"{site}_loc"] + params[f"{site}_scale"] * eps)
+    if config.one_star is None:
+        one_star = draws["one_star"]
+    else:
+        one_star = jnp.full_like(draws["delta_fraction"], config.one_star)
+    return one_star * draws["delta_fraction"], one_star
+
+
+def _prior_draws(key, config: ModelConfig, num: int = 4000):
+    """Draws of (delta, 1*) from their prior: what the data say when delta is unidentified."""
+    a, b = config.delta_prior
+    dtype = jnp.result_type(float)
+    deltas = jax.random.beta(key, a, b, (num,), dtype=dtype)
+    star = config.one_star if config.one_star is not None else 0.99
+    return deltas * star, jnp.full_like(deltas, star)
+
+
+def _nuts_draws(key, prep: Prepared, params, config: ModelConfig, init: Prior, settings):
+    """NUTS on the globals with the learned prior held fixed. With the cut
+    (``delta_from="calibration"``) the target is the cut posterior itself: the model is
+    run on the calibration rows alone, which are all that inform delta under the cut."""
+    data = prep.data
+    if config.delta_from == "calibration":
+        data = data.take(jnp.asarray(np.flatnonzero(np.asarray(calibrated(data))), jnp.int32))
+    nuts_model = numpyro.handlers.substitute(
+        spa_model, data={k: v for k, v in params.items() if k.startswith("prior_")}
+    )
+    num = settings["num_samples"]
+    mcmc = MCMC(NUTS(nuts_model), num_warmup=num, num_samples=num, progress_bar=False)
+    with lenient_promotion():
+        mcmc.run(
+            key, data, config=config._replace(subsample_size=None, delta_from="all"), init=init
+        )
+    samples = mcmc.get_samples()
+    if config.one_star is None:
+        stars = samples["one_star"]
+    else:
+        stars = jnp.full_like(samples["delta_fraction"], config.one_star)
+    return stars * samples["delta_fraction"], stars
+
+
+def _interval(draws: Array, level: float) -> tuple[float, float]:
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(np.asarray(draws, np.float64), [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def _ppc_images(key, prep: Prepared, num_images: int | None) -> np.ndarray:
+    """The images the predictive check uses: all, or a random subset of ``num_images``."""
+    n = prep.counts.shape[0]
+    if num_images is None or n <= num_images:
+        return np.arange(n)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint64).tolist())
+    return np.sort(rng.choice(n, size=num_images, replace=False))
+
+
+# ----------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------
+
+
+def fit(
+    key: PRNGKeyArray,
+    counts: ArrayIn,
+    proposals: ArrayIn,
+    *,
+    unbiased_counts: ArrayIn | None = None,
+    probe: ArrayIn | None = None,
+    one_star: float | None = 0.99,
+    delta_prior: tuple[float, float] = (1.0, 1.0),
+    num_components: int = 2,
+    spikes: bool = True,
+    delta_from: Literal["calibration", "all"] = "calibration",
+    method: Literal["svi", "nuts"] = "svi",
+    optimizer: optax.GradientTransformation | None = None,
+    max_steps: int | None = None,
+    tolerance: float | None = None,
+    subsample_size: int | None = None,
+    prior_images: int | None = 50_000,
+    level: float = 0.9,
+    num_draws: int = 16,
+    num_interval_draws: int = 200,
+    num_ppc_replicates: int = 50,
+    ppc_images: int | None = 100_000,
+    num_samples: int = 1000,
+    devices: Sequence[jax.Device] | None = None,
+    progress: bool = False,
+) -> FitResult:
+    """Infer delta, 1* and every image's label distribution from proposal-biased counts.
+
+    The model (see :func:`cleverjax.spa_model`) puts a class-conditional Dirichlet-mixture
+    prior on each image's label distribution, learned from all images (empirical Bayes),
+    and integrates every distribution out exactly. The global parameters are fitted by
+    maximising a deterministic ELBO (Gauss-Hermite quadrature over delta) with L-BFGS;
+    the repaired labels are exact posterior means given the globals, averaged over the
+    posterior of delta. BC is this model's likelihood inversion at a point estimate; CB
+    its posterior mean under a prior centred on the class-blending matrix.
+
+    Args:
+        key: PRNG key.
+        counts: ``(images, classes)`` counts of annotations made with the proposal.
+        proposals: ``(images,)`` proposed classes.
+        unbiased_counts: keyword-only; ``(images, classes)`` counts of annotations made
+            without a proposal (zero rows where there are none): calibration data.
+        probe: keyword-only; ``(images,)`` bool, the image's proposal was drawn uniformly
+            at random (a probe), which identifies delta without unbiased annotations.
+        one_star: keyword-only; fixed 1* (paper: 0.99), or ``None`` to learn it.
+        delta_prior: keyword-only; Beta(a, b) prior of ``delta / 1*``.
+        num_components: keyword-only; Dirichlet components per prior row.
+        spikes: keyword-only; add components with ``p[proposal]`` exactly 0 and exactly 1
+            (classes nobody chose, unanimous images).
+        delta_from: keyword-only; which images inform delta and 1*. ``"calibration"``
+            (default): only calibration images (unbiased annotations) and probes, a cut
+            posterior that no misspecification of the prior on the other images can make
+            confidently wrong. ``"all"``: every image, through the learned prior
+            (sharper; as right as the prior family).
+        method: keyword-only; ``"svi"``, or ``"nuts"`` (the prior from the optimiser, then
+            NUTS on the globals; with the cut, NUTS samples the cut posterior itself).
+        optimizer: keyword-only; ``None`` (default): full-batch L-BFGS on the
+            deterministic objective, tens of iterations. An optax transformation (e.g.
+            :func:`cleverjax.default_adam`): first-order SVI steps with it instead, as in
+            NumPyro's ``SVI``; needed with ``subsample_size``.
+        max_steps: keyword-only; optimiser step limit (default 500 for L-BFGS, 20000
+            for an optax optimizer).
+        tolerance: keyword-only; convergence: the objective improved by less than this
+            many nats per image over the last 10 L-BFGS iterations (default 1e-5), or over
+            the last window of 250 first-order steps (default 1e-4, or less than twice its
+            noise).
+        subsample_size: keyword-only; distinct rows per first-order SVI step (only with
+            an optax ``optimizer``; default all).
+        prior_images: keyword-only; the prior (a few hundred parameters) is fitted on at
+            most this many images: every calibration image and a uniform random sample of
+            the others, weighted up to stand for all of them. Every image is then
+            summarised exactly. ``None``: always use every image.
+        level: keyword-only; credible level of the intervals.
+        num_draws: keyword-only; draws of the globals the posterior mean averages over.
+        num_interval_draws: keyword-only; posterior draws per image for the intervals,
+            rounded up to a multiple of ``num_draws``.
+        num_ppc_replicates: keyword-only; replicated data sets for the predictive check
+            (0 to skip).
+        ppc_images: keyword-only; the predictive check uses at most this many images,
+            drawn at random (``None``: all).
+        num_samples: keyword-only; NUTS samples (and warm-up) with ``method="nuts"``.
+        devices: keyword-only; devices to spread the images over, data parallel (default:
+            all local devices).
+        progress: keyword-only; show a progress bar.
+
+    Returns:
+        A :class:`FitResult`.
+
+    Raises:
+        ValueError: on mismatched shapes, negative or non-integer counts, images without
+            any annotation, priors outside their support, or invalid options.
+        FloatingPointError: if the optimiser diverges (a NaN or infinite loss).
+
+    Warns:
+        IdentifiabilityWarning: too little calibration information for delta.
+        ConvergenceWarning: the optimiser stopped at ``max_steps`` (``converged`` is false).
+
+    Examples:
+        >>> import jax, cleverjax as cj
+        >>> p = cj.sample_ground_truth(jax.random.key(0), "Turkey", num_images=1000)
+        >>> rho = cj.propose(jax.random.key(1), p, accuracy=0.9)
+        >>> biased = cj.simulate_counts(jax.random.key(2), p, rho, num_annotations=10, delta=0.3)
+        >>> cal = cj.calibration_sample(jax.random.key(3), p)
+        >>> unbiased = jax.numpy.zeros_like(biased).at[cal.indices].set(cal.counts)
+        >>> res = cj.fit(jax.random.key(4), biased, rho, unbiased_counts=unbiased,
+        ...              num_ppc_replicates=0)
+        >>> res.posterior_mean.shape, res.delta_interval[0] < res.delta < res.delta_interval[1]
+        ((1000, 3), True)
+    """
+    start = time.perf_counter()
+    kd = typed_key(key)
+    prep = prepare(counts, proposals, unbiased_counts, probe)
+    a, b = _check_beta_prior("delta_prior", delta_prior)
+    _checks.check_choice("method", method, ("svi", "nuts"))
+    _checks.check_choice("delta_from", delta_from, ("calibration", "all"))
+    if one_star is not None and not 0 < one_star <= 1:
+        raise ValueError(f"`one_star` must lie in (0, 1] or be None (learned); got {one_star}")
+    if not 0 < level < 1:
+        raise ValueError(f"`level` must lie in (0, 1); got {level}")
+    first_order = optimizer is not None
+    if max_steps is None:
+        max_steps = 20000 if first_order else 500
+    if tolerance is None:
+        tolerance = 1e-4 if first_order else 1e-5
+    _check_positive_ints(
+        num_components=num_components,
+        max_steps=max_steps,
+        num_draws=num_draws,
+        num_interval_draws=num_interval_draws,
+        num_samples=num_samples,
+        **({} if prior_images is None else {"prior_images": prior_images}),
+        **({} if ppc_images is None else {"ppc_images": ppc_images}),
+    )
+    if subsample_size is not None and not first_order:
+        raise ValueError(
+            "`subsample_size` needs a first-order `optimizer` (e.g. cleverjax.default_adam()): "
+            "L-BFGS takes full batches"
+        )
+    if not (isinstance(tolerance, (int, float)) and tolerance > 0):
+        raise ValueError(f"`tolerance` must be a positive number; got {tolerance!r}")
+    devs = tuple(jax.local_devices()) if devices is None else tuple(devices)
+    if not devs:
+        raise ValueError("`devices` must name at least one device; got an empty sequence")
+    config = ModelConfig(
+        num_classes=prep.counts.shape[1],
+        num_components=int(num_components),
+        num_terms=prep.num_terms,
+        delta_prior=(a, b),
+        one_star=one_star,
+        subsample_size=subsample_size,
+        delta_from=delta_from,
+        spikes=bool(spikes),
+    )
+    identified, cal_images, cal_annotations = _identification(prep)
+    if not identified:
+        _warn_identification(cal_images, cal_annotations)
+    settings = dict(
+        optimizer=optimizer,
+        max_steps=int(max_steps),
+        tolerance=float(tolerance),
+        prior_images=prior_images,
+        progress=progress,
+        num_samples=int(num_samples),
+    )
+    k_opt, k_draw, k_int, k_ppc, k_mcmc = jax.random.split(kd, 5)
+    init = initial_prior(prep, config)
+
+    # 1. The prior and the variational posterior of the globals.
+    opt, _ = _optimise(k_opt, prep, config, init, devs, settings)
+    prior = prior_from_params(opt.params, config)
+
+    # 2. Draws of the globals.
+    if cal_images == 0:
+        all_deltas, all_stars = _prior_draws(k_draw, config)
+    elif method == "nuts":
+        all_deltas, all_stars = _nuts_draws(k_mcmc, prep, opt.params, config, init, settings)
+    else:
+        all_deltas, all_stars = _global_draws(k_draw, opt.params, 4000, config)
+    deltas, stars = stratified(all_deltas, all_stars, int(num_draws))
+
+    # 3. Every image's posterior.
+    data = shard_rows(pad(prep.data, len(devs)), devs)
+    per_delta = -(-int(num_interval_draws) // int(num_draws))
+    mean, lower, upper = summaries(
+        k_int,
+        data,
+        prior,
+        deltas,
+        stars,
+        num_terms=config.num_terms,
+        level=float(level),
+        per_delta=per_delta,
+        devices=devs,
+    )
+    rows = jnp.asarray(prep.inverse)
+
+    # 4. The predictive check.
+    check = None
+    if num_ppc_replicates:
+        k_pick, k_rep = jax.random.split(k_ppc)
+        images = _ppc_images(k_pick, prep, ppc_images)
+        check = ppc(
+            k_rep,
+            prep.data,
+            prep.inverse[images],
+            prep.counts[images],
+            prep.proposals[images],
+            prior,
+            deltas,
+            stars,
+            num_terms=config.num_terms,
+            num_replicates=int(num_ppc_replicates),
+        )
+    return FitResult(
+        delta=float(jnp.mean(all_deltas)),
+        delta_interval=_interval(all_deltas, level),
+        one_star=float(jnp.mean(all_stars)),
+        one_star_interval=_interval(all_stars, level),
+        posterior_mean=mean[rows],
+        lower=lower[rows],
+        upper=upper[rows],
+        level=float(level),
+        losses=jnp.asarray(opt.losses),
+        converged=opt.converged,
+        identified=identified,
+        delta_samples=all_deltas,
+        prior=prior,
+        params=dict(opt.params),
+        ppc=check,
+        method=method,
+        seconds=time.perf_counter() - start,
+        step_seconds=opt.step_seconds,
+    )

@@ -1,0 +1,433 @@
+"""The exact collapsed likelihood of the Bayesian SPA model.
+
+Generative model, for image ``x`` with proposal ``rho`` (prior row ``g = rho``, or the
+population row ``g = K`` for a *probe* image whose proposal was drawn at random)::
+
+    z        ~ Categorical(weights[g])                      mixture component
+    p        ~ Dirichlet(concentration[g, z] * mean[g, z])  true label distribution
+    biased   ~ Multinomial(N, p_b(p, rho, delta, one_star)) annotations with the proposal
+    unbiased ~ Multinomial(M, p)                            annotations without it
+
+Structure used for exact integration (Dirichlet aggregation): ``t = p[rho]`` is
+Beta(a_rho, a_rest) and ``r = p_-rho / (1 - t)`` is Dirichlet(a_-rho), independent a
+priori. The likelihood factorises into a part in ``t`` and a part in ``r``; ``r`` is
+conjugate, and the part in ``t`` is a polynomial: with ``A(t) = delta (1 - t) + 1* t``,
+
+    A^c (1 - A)^(N - c) t^u (1 - t)^(M - u) = sum_s W_s t^(s + u) (1 - t)^(N + M - s - u),
+
+so the marginal likelihood is a finite sum of Beta functions and the posterior of ``t``
+is a finite mixture of Betas. Nothing is approximated.
+
+Two parts, computed apart because only one depends on delta:
+
+- the *row part* (:func:`row_part`): the conjugate integral over ``r``, the multinomial
+  constants and the mixture weights, per row and component; it does not depend on delta;
+- the *t part* (:func:`t_part`): the integral over ``t``, per distinct entry (prior row,
+  proposal, c, N, u, M) and component, from the weights ``W_s`` of the entry's (c, N).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import betaln, digamma, gammaln, logsumexp
+from jaxtyping import Array, Bool, Float, Int
+
+from .data import EntryTable, SPAData, entry_calibrated
+
+
+class Prior(eqx.Module):
+    """Class-conditional mixture prior over label distributions.
+
+    Row ``g < K`` is the prior of images proposed as class ``g``; row ``K`` is the
+    population prior used for probe images. A component is a Dirichlet (``kind`` 0), or
+    a *spike*: ``p[rho] = 0`` exactly (``kind`` 1) or ``p[rho] = 1`` exactly (``kind`` 2),
+    the rest following the component's Dirichlet. Spikes model what real soft labels
+    are full of: classes that no annotator chose, and unanimous images.
+
+    Attributes:
+        mean: ``(K + 1, components, K)`` Dirichlet means (rows on the simplex).
+        concentration: ``(K + 1, components)`` Dirichlet concentrations (> 0).
+        weights: ``(K + 1, components)`` mixture weights (rows on the simplex).
+        kind: static tuple, one entry per component: 0 Dirichlet, 1 spike at
+            ``p[rho] = 0``, 2 spike at ``p[rho] = 1``.
+    """
+
+    mean: Float[Array, "groups components classes"]
+    concentration: Float[Array, "groups components"]
+    weights: Float[Array, "groups components"]
+    kind: tuple[int, ...] = eqx.field(static=True)
+
+
+class AnnotatorData(NamedTuple):
+    """Per-annotation acceptance data for the per-annotator model.
+
+    Attributes:
+        worker: ``(rows, slots)`` annotator index of each biased annotation (-1: none).
+        accepted: ``(rows, slots)`` the annotation is the proposed class.
+    """
+
+    worker: Int[Array, "rows slots"]
+    accepted: Bool[Array, "rows slots"]
+
+
+MIN_ALPHA = 1e-4
+"""Floor on Dirichlet parameters: below it float32 Gamma functions lose all precision."""
+
+CONCENTRATION_BOUNDS = (1e-2, 1e4)
+"""Range of the learned Dirichlet concentrations (empirical Bayes can otherwise drive
+them to 0 or infinity, where the likelihood is flat and float32 overflows)."""
+
+
+MIN_ALPHA = 1e-4
+"""Floor on Dirichlet parameters: below it float32 Gamma functions lose all precision."""
+
+CONCENTRATION_BOUNDS = (1e-2, 1e4)
+"""Range of the learned Dirichlet concentrations (empirical Bayes can otherwise drive
+them to 0 or infinity, where the likelihood is flat and float32 overflows)."""
+
+
+def _xlogy(k: Array, log_x: Array) -> Array:
+    """k * log(x) with 0 * log(0) = 0."""
+    return jnp.where(k > 0, k * log_x, 0.0)
+
+
+@jax.custom_jvp
+def _betaln(a: Array, b: Array) -> Array:
+    """log B(a, b), accurate for large arguments (JAX's ``betaln``), with its derivative
+    written out: differentiating through ``betaln``'s branches makes a program that is
+    several times larger and slower to compile."""
+    return betaln(a, b)
+
+
+@_betaln.defjvp
+def _betaln_jvp(primals, tangents):
+    a, b = primals
+    da, db = tangents
+    ab = digamma(a + b)
+    return _betaln(a, b), (digamma(a) - ab) * da + (digamma(b) - ab) * db
+
+
+def _masked_logsumexp(x: Array, valid: Array, axis: int = -1) -> Array:
+    """logsumexp over the valid entries, -inf where none is valid, with finite gradients
+    (the double-where trick: never differentiate a logsumexp of only -inf)."""
+    any_valid = jnp.any(valid, axis=axis)
+    safe = jnp.where(jnp.expand_dims(any_valid, axis), jnp.where(valid, x, -jnp.inf), 0.0)
+    return jnp.where(any_valid, logsumexp(safe, axis=axis), -jnp.inf)
+
+
+# ----------------------------------------------------------------------------------
+# Polynomial weights W_s
+# ----------------------------------------------------------------------------------
+
+
+def weight_window(num_terms: int) -> int:
+    """Terms of the inner sum of ``W_s`` that are summed for each ``s``.
+
+    ``W_s = sum_j w(s - j, j)`` where ``j`` counts factors ``(1 - 1*) t`` of the rejected
+    annotations. For fixed ``s`` the terms in ``j`` are a Fisher noncentral
+    hypergeometric shape: log-concave, with standard deviation at most ``sqrt(N) / 4``.
+    A window of ``2.5 sqrt(T)`` on either side of the mode (at least ten standard
+    deviations) holds every term within 50 nats of the largest, which is exact in float
+    arithmetic; below 64 terms the whole range is summed.
+    """
+    if num_terms <= 64:
+        return num_terms
+    return min(num_terms, 2 * math.ceil(2.5 * math.sqrt(num_terms)) + 1)
+
+
+def _window_start(c, r, s, log_omega, window: int, num_terms: int):
+    """First ``j`` of each window: the mode of the terms in ``j`` (found by bisection on
+    the ratio of successive terms, which falls through 1 exactly once), centred and
+    clipped to the valid range ``max(0, s - c) <= j <= min(r, s)``."""
+    lo = jnp.maximum(0.0, s - c)
+    hi = jnp.minimum(r, s)
+
+    def rising(x):  # term(x + 1) > term(x)
+        left = log_omega + jnp.log(jnp.maximum(r - x, 0.0)) + jnp.log(jnp.maximum(s - x, 0.0))
+        return left > jnp.log(x + 1.0) + jnp.log(jnp.maximum(c - s + x + 1.0, 1e-30))
+
+    a, b = lo, jnp.maximum(hi, lo)  # invariant: the mode lies in [a, b]
+    for _ in range(max(1, math.ceil(math.log2(num_terms))) + 1):
+        mid = jnp.floor((a + b) / 2)
+        up = rising(mid)
+        a = jnp.where(up, mid + 1, a)
+        b = jnp.where(up, b, mid)
+    start = a - window // 2
+    return jnp.clip(start, lo, jnp.maximum(lo, hi - window + 1))
+
+
+def _log_weights_block(c_rho, n, delta, one_star, num_terms: int, window: int):
+    dtype = jnp.result_type(delta, one_star)
+    c = c_rho.astype(dtype)[:, None, None]
+    r = (n - c_rho).astype(dtype)[:, None, None]
+    s = jnp.arange(num_terms, dtype=dtype)[None, :, None]
+    ld, l1d = jnp.log(delta), jnp.log1p(-delta)
+    lw, l1w = jnp.log(one_star), jnp.log1p(-one_star)
+    offsets = jnp.arange(window, dtype=dtype)[None, None, :]
+    if window >= num_terms:
+        j = jnp.maximum(0.0, s - c) + offsets
+    else:
+        # Odds of moving one factor from the accepted to the rejected side; 0 when
+        # 1* = 1 or delta = 0 (then the inner sum has a single term).
+        log_omega = jnp.where((one_star < 1) & (delta > 0), l1w + ld - lw - l1d, -jnp.inf)
+        start = _window_start(c, r, s, jax.lax.stop_gradient(log_omega), window, num_terms)
+        j = jax.lax.stop_gradient(start) + offsets
+    i = s - j
+    valid = (i >= 0) & (i <= c) & (j <= r)
+    ic, jc = jnp.clip(i, 0, c), jnp.clip(j, 0, r)
+    # Binomial coefficients from a table of log factorials.
+    log_fact = gammaln(jnp.arange(num_terms, dtype=dtype) + 1.0)
+
+    def lf(x):
+        return log_fact[x.astype(jnp.int32)]
+
+    binoms = lf(c) - lf(ic) - lf(c - ic) + lf(r) - lf(jc) - lf(r - jc)
+    term = binoms + _xlogy(ic, lw) + _xlogy(c - ic, ld) + _xlogy(jc, l1w) + _xlogy(r - jc, l1d)
+    return _masked_logsumexp(term, valid & (term > -jnp.inf))
+
+
+_BLOCK_ELEMENTS = 2**22
+"""Pairs are processed in blocks of at most this many (pair, s, j) terms (bounded memory)."""
+
+
+def log_weights_counts(
+    c_rho: Array, n: Array, delta: Array, one_star: Array, num_terms: int
+) -> Float[Array, "entries terms"]:
+    """log W_s, s = 0..num_terms-1, of ``A^c (1-A)^(N-c)`` in the basis t^s (1-t)^(N-s).
+
+    ``W_s = sum_{i+j=s} C(c,i) 1*^i delta^(c-i) C(N-c,j) (1-1*)^j (1-delta)^(N-c-j)``;
+    ``-inf`` for ``s > N``. ``num_terms`` must exceed the largest N. The inner sum runs
+    over a window around its largest term (see :func:`weight_window`), so the cost is
+    ``O(T sqrt(T))`` per (c, N) rather than ``O(T^2)``, and pairs are processed in blocks
+    so that memory stays bounded for any N.
+    """
+    window = weight_window(num_terms)
+    pairs = c_rho.shape[0]
+    per_block = max(1, _BLOCK_ELEMENTS // (num_terms * window))
+    if pairs <= per_block:
+        return _log_weights_block(c_rho, n, delta, one_star, num_terms, window)
+    blocks = -(-pairs // per_block)
+    extra = blocks * per_block - pairs
+    c_pad = jnp.concatenate([c_rho, jnp.zeros(extra, c_rho.dtype)]).reshape(blocks, per_block)
+    n_pad = jnp.concatenate([n, jnp.zeros(extra, n.dtype)]).reshape(blocks, per_block)
+    one = jax.checkpoint(
+        lambda cn: _log_weights_block(cn[0], cn[1], delta, one_star, num_terms, window)
+    )
+    out = jax.lax.map(one, (c_pad, n_pad))
+    return out.reshape(blocks * per_block, num_terms)[:pairs]
+
+
+def table_log_weights(
+    table: EntryTable, delta: Array, one_star: Array, num_terms: int
+) -> Float[Array, "entries terms"]:
+    """log W_s of every entry, computed once per (c, N) pair."""
+    return log_weights_counts(table.pair_c, table.pair_n, delta, one_star, num_terms)[table.pair]
+
+
+def entry_log_weights(
+    table: EntryTable, delta: Array, one_star: Array, num_terms: int, *, num_classes: int, cut: bool
+) -> Float[Array, "entries terms"]:
+    """log W_s of every entry. With ``cut``, entries that are not calibration data see
+    delta and 1* through ``stop_gradient``: they cannot move them (a cut posterior)."""
+    log_w = table_log_weights(table, delta, one_star, num_terms)
+    if not cut:
+        return log_w
+    frozen = jax.lax.stop_gradient(log_w)  # same values; no gradient to delta or 1*
+    return jnp.where(entry_calibrated(table, num_classes)[:, None], log_w, frozen)
+
+
+def log_weights_annotators(
+    worker: Array, accepted: Array, delta_w: Array, one_star: Array, num_terms: int
+) -> Float[Array, "rows terms"]:
+    """log W_s for annotations with their own deltas: the product of the linear factors
+    ``delta_w (1-t) + 1* t`` (accepted) or ``(1-delta_w)(1-t) + (1-1*) t`` (rejected),
+    expanded in the Bernstein basis by dynamic programming over annotation slots."""
+    dtype = delta_w.dtype
+    rows, slots = worker.shape
+    # A huge negative number, not -inf: logaddexp(-inf, -inf) has a NaN gradient.
+    neg = jnp.asarray(-1e30, dtype)
+    tiny = jnp.finfo(dtype).tiny
+    log_w = jnp.full((rows, num_terms), neg, dtype).at[:, 0].set(0.0)
+    d = delta_w[jnp.clip(worker, 0, None)]
+    lw = jnp.log(jnp.maximum(one_star, tiny))
+    l1w = jnp.log(jnp.maximum(1 - one_star, tiny))
+
+    def step(log_w, xs):
+        d_j, acc_j, valid_j = xs
+        # Coefficient on (1-t) and on t of this annotation's factor.
+        log_a = jnp.log(jnp.maximum(jnp.where(acc_j, d_j, 1 - d_j), tiny))
+        log_b = jnp.where(acc_j, lw, l1w)
+        shifted = jnp.concatenate([jnp.full((rows, 1), neg, dtype), log_w[:, :-1]], axis=1)
+        new = jnp.maximum(jnp.logaddexp(log_w + log_a[:, None], shifted + log_b[:, None]), neg)
+        return jnp.where(valid_j[:, None], new, log_w), None
+
+    xs = (d.T, accepted.T, (worker >= 0).T)
+    log_w, _ = jax.lax.scan(step, log_w, xs)
+    return jnp.where(log_w > 0.5 * neg, log_w, -jnp.inf)
+
+
+# ----------------------------------------------------------------------------------
+# The two parts of the collapsed likelihood
+# ----------------------------------------------------------------------------------
+
+
+class RowPart(NamedTuple):
+    """Per row and mixture component, everything that does not depend on delta.
+
+    Attributes:
+        log_rest: ``(rows, comps)`` log mixture weight + log of the conjugate integral over
+            ``r`` + the multinomial constants.
+        a_rest: ``(rows, comps, classes)`` Dirichlet posterior of ``r`` (zero at rho).
+    """
+
+    log_rest: Float[Array, "rows comps"]
+    a_rest: Float[Array, "rows comps classes"]
+
+
+class TPart(NamedTuple):
+    """Per entry and mixture component, the integral over ``t = p[rho]``.
+
+    Attributes:
+        log_t: ``(entries, comps)`` log of the integral.
+        log_mix: ``(entries, comps, terms)`` log posterior weight of each Beta term of t.
+        a_t: ``(entries, comps)`` Beta prior of t.
+        b_t: ``(entries, comps)``.
+    """
+
+    log_t: Float[Array, "entries comps"]
+    log_mix: Float[Array, "entries comps terms"]
+    a_t: Float[Array, "entries comps"]
+    b_t: Float[Array, "entries comps"]
+
+
+def _is_rho(proposals: Array, num_classes: int) -> Array:
+    return proposals[:, None] == jnp.arange(num_classes, dtype=jnp.int32)[None, :]
+
+
+def row_part(data: SPAData, prior: Prior) -> RowPart:
+    """The delta-free part of every row's likelihood under every component."""
+    dtype = prior.concentration.dtype
+    num_classes = data.counts.shape[1]
+    g = jnp.where(data.probe, num_classes, data.proposals)
+    alpha = jnp.maximum(prior.concentration[g][..., None] * prior.mean[g], MIN_ALPHA)
+    is_rho = _is_rho(data.proposals, num_classes)
+    a_rest_prior = jnp.where(is_rho[:, None, :], 0.0, alpha)
+    counts = data.counts.astype(dtype)
+    unbiased = data.unbiased.astype(dtype)
+    others = jnp.where(is_rho, 0.0, counts + unbiased)[:, None, :]
+    a_rest = a_rest_prior + others
+    # Multivariate Beta ratio B(a + x) / B(a) over the classes other than rho; only
+    # classes with counts contribute to the product of Gamma ratios.
+    seen = (others > 0) & ~is_rho[:, None, :]
+    log_r = (
+        jnp.sum(
+            jnp.where(
+                seen,
+                gammaln(jnp.where(seen, a_rest, 1.0)) - gammaln(jnp.where(seen, a_rest_prior, 1.0)),
+                0.0,
+            ),
+            axis=-1,
+        )
+        - gammaln(jnp.sum(a_rest, axis=-1))
+        + gammaln(jnp.sum(a_rest_prior, axis=-1))
+    )
+    n = jnp.sum(counts, axis=1)
+    m = jnp.sum(unbiased, axis=1)
+    const = (
+        gammaln(n + 1.0)
+        - jnp.sum(gammaln(counts + 1.0), axis=1)
+        + gammaln(m + 1.0)
+        - jnp.sum(gammaln(unbiased + 1.0), axis=1)
+    )
+    return RowPart(log_r + const[:, None] + jnp.log(prior.weights[g]), a_rest)
+
+
+def t_part(table: EntryTable, prior: Prior, log_w: Array) -> TPart:
+    """Per entry and component: log of the integral over t, and its Beta terms."""
+    dtype = log_w.dtype
+    num_terms = log_w.shape[1]
+    kinds = np.asarray(prior.kind)
+    dirichlet = np.flatnonzero(kinds == 0)
+    conc = prior.concentration[table.group]  # (E, comps)
+    share = jnp.take_along_axis(prior.mean[table.group], table.rho[:, None, None], axis=2)[..., 0]
+    a_t = jnp.maximum(conc * share, MIN_ALPHA)
+    b_t = jnp.maximum(conc * (1 - share), MIN_ALPHA)
+    n = table.n.astype(dtype)[:, None, None]
+    m = table.m.astype(dtype)[:, None, None]
+    u = table.u.astype(dtype)[:, None, None]
+    s = jnp.arange(num_terms, dtype=dtype)[None, None, :]
+    # Dirichlet components: t ~ Beta(a_t, b_t), a finite sum of Beta-function ratios.
+    a_d, b_d = a_t[:, dirichlet], b_t[:, dirichlet]
+    valid = s <= n
+    left = a_d[..., None] + u + s
+    right = jnp.where(valid, b_d[..., None] + m - u + n - s, 1.0)
+    log_mix_d = jnp.where(
+        valid, log_w[:, None, :] + _betaln(left, right) - _betaln(a_d, b_d)[..., None], -jnp.inf
+    )
+    # Spikes: t = 0 keeps only the s = 0 term (and needs no unbiased vote for rho);
+    # t = 1 keeps only s = N (and needs every unbiased vote on rho).
+    spikes = []
+    for kind in kinds[kinds > 0]:
+        keep = (s == 0) & (u == 0) if kind == 1 else (s == n) & (u == m)
+        spikes.append(jnp.where(keep, log_w[:, None, :], -jnp.inf))
+    log_mix = jnp.concatenate([log_mix_d, *spikes], axis=1)
+    return TPart(_masked_logsumexp(log_mix, jnp.isfinite(log_mix)), log_mix, a_t, b_t)
+
+
+def log_marginal(data: SPAData, rows: RowPart, t: TPart) -> Float[Array, "rows comps"]:
+    """Exact log marginal likelihood of every row under every component."""
+    return t.log_t[data.entry] + rows.log_rest
+
+
+def log_likelihood(data: SPAData, prior: Prior, log_w: Array) -> Float[Array, " rows"]:
+    """Exact log marginal likelihood of each row (the label distribution integrated out)."""
+    terms = log_marginal(data, row_part(data, prior), t_part(data.table, prior, log_w))
+    return logsumexp(terms, axis=-1)
+
+
+def _term_weights(log_mix: Array) -> Array:
+    """Normalised weights of the Beta terms; zero for a component with no valid term."""
+    top = jnp.max(log_mix, axis=-1, keepdims=True)
+    ok = jnp.isfinite(top)
+    w = jnp.exp(log_mix - jnp.where(ok, top, 0.0))
+    return jnp.where(ok, w / jnp.where(ok, jnp.sum(w, axis=-1, keepdims=True), 1.0), 0.0)
+
+
+def entry_mean_t(table: EntryTable, prior: Prior, t: TPart) -> Float[Array, "entries comps"]:
+    """Posterior mean of t per entry and component."""
+    dtype = t.log_mix.dtype
+    mix = _term_weights(t.log_mix)  # (E, comps, terms)
+    s = jnp.arange(t.log_mix.shape[-1], dtype=dtype)[None, None, :]
+    total = (table.n + table.m).astype(dtype)[:, None]
+    mean_t_terms = (t.a_t[..., None] + table.u.astype(dtype)[:, None, None] + s) / (
+        t.a_t + t.b_t + total
+    )[..., None]
+    kind = jnp.asarray(prior.kind)[None, :]
+    return jnp.where(
+        kind == 0, jnp.sum(mix * mean_t_terms, axis=-1), jnp.where(kind == 1, 0.0, 1.0)
+    )
+
+
+def posterior_mean_given(
+    data: SPAData, rows: RowPart, t: TPart, mean_t: Array
+) -> Float[Array, "rows classes"]:
+    """Exact posterior mean of p for each row, from the two parts and ``entry_mean_t``."""
+    dtype = rows.a_rest.dtype
+    resp = jax.nn.softmax(log_marginal(data, rows, t), axis=-1)  # (rows, comps)
+    is_rho = _is_rho(data.proposals, data.counts.shape[1])
+    mean_r = rows.a_rest / jnp.sum(rows.a_rest, axis=-1, keepdims=True)
+    m_t = mean_t[data.entry]
+    mean_p = (1 - m_t)[..., None] * mean_r + m_t[..., None] * is_rho[:, None, :].astype(dtype)
+    return jnp.sum(resp[..., None] * mean_p, axis=1)
+
+
+def posterior_moments(data: SPAData, prior: Prior, log_w: Array) -> Float[Array, "rows classes"]:
+    """Exact posterior mean of p for each row, given delta and 1* (through ``log_w``)."""
+    t = t_part(data.table, prior, log_w)
+    return posterior_mean_given(data, row_part(data, prior), t, entry_mean_t(data.table, prior, t))

@@ -1,0 +1,241 @@
+"""NumPyro model functions of the Bayesian SPA model: the collapsed model (every label
+distribution integrated out exactly, see :mod:`cleverjax.bayes.likelihood`), its
+variational family for the global parameters, the deterministic quadrature ELBO, and the
+plain uncollapsed model for checks."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from jaxtyping import Array
+from numpyro.distributions import constraints
+from numpyro.infer.elbo import ELBO
+from numpyro.infer.util import log_density
+
+from .data import SPAData, entry_calibrated
+from .likelihood import (
+    CONCENTRATION_BOUNDS,
+    AnnotatorData,
+    Prior,
+    entry_log_weights,
+    log_likelihood,
+    log_weights_annotators,
+)
+
+
+class ModelConfig(NamedTuple):
+    """Static settings of :func:`spa_model` (hashable, so they can be jit-static).
+
+    Attributes:
+        num_classes: K.
+        num_components: mixture components per prior row.
+        num_terms: polynomial terms, the largest N + 1.
+        delta_prior: Beta(a, b) prior of ``delta / 1*``.
+        one_star: fixed 1*, or ``None`` to learn it with the prior ``one_star_prior``.
+        one_star_prior: Beta prior of 1* when it is learned (default mean 0.95).
+        subsample_size: rows per SVI step (``None``: all rows).
+        num_workers: annotators in the per-annotator model (0: one population delta).
+        delta_from: ``"calibration"``: delta and 1* are learned only from *calibration*
+            rows (with unbiased annotations or a probe proposal) -- a cut posterior: the
+            other rows inform the prior and are repaired, but cannot move delta through
+            the parametric prior. ``"all"``: every row informs delta (full Bayes).
+        spikes: add the two spike components (``p[rho] = 0`` and ``p[rho] = 1``).
+    """
+
+    num_classes: int
+    num_components: int
+    num_terms: int
+    delta_prior: tuple[float, float] = (1.0, 1.0)
+    one_star: float | None = 0.99
+    one_star_prior: tuple[float, float] = (20.0, 1.0)
+    subsample_size: int | None = None
+    num_workers: int = 0
+    delta_from: str = "calibration"
+    spikes: bool = True
+
+
+def _globals(config: ModelConfig) -> tuple[Array, Array]:
+    """1* (fixed, or ``one_star ~ Beta``), then ``delta = 1* * delta_fraction`` with
+    ``delta_fraction ~ Beta(delta_prior)``, so that ``0 <= delta <= 1*`` always."""
+    if config.one_star is None:
+        one_star = numpyro.sample("one_star", dist.Beta(*config.one_star_prior))
+    else:
+        one_star = jnp.asarray(config.one_star, jnp.result_type(float))
+    frac = numpyro.sample("delta_fraction", dist.Beta(*config.delta_prior))
+    return numpyro.deterministic("delta", one_star * frac), one_star
+
+
+def component_kinds(config: ModelConfig) -> tuple[int, ...]:
+    return (0,) * config.num_components + ((1, 2) if config.spikes else ())
+
+
+def _prior_params(config: ModelConfig, init: Prior) -> Prior:
+    # Simplex rows as softmax of free logits: better conditioned for Adam than
+    # stick-breaking, and the logits' free offset is harmless.
+    mean_logits = numpyro.param("prior_mean_logits", jnp.log(init.mean))
+    conc = numpyro.param(
+        "prior_concentration",
+        init.concentration,
+        constraint=constraints.interval(*CONCENTRATION_BOUNDS),
+    )
+    weight_logits = numpyro.param("prior_weight_logits", jnp.log(init.weights))
+    return Prior(
+        jax.nn.softmax(mean_logits, axis=-1),
+        conc,
+        jax.nn.softmax(weight_logits, axis=-1),
+        component_kinds(config),
+    )
+
+
+def prior_from_params(params: dict, config: ModelConfig) -> Prior:
+    """The fitted :class:`Prior` from SVI parameters."""
+    return Prior(
+        jax.nn.softmax(params["prior_mean_logits"], axis=-1),
+        params["prior_concentration"],
+        jax.nn.softmax(params["prior_weight_logits"], axis=-1),
+        component_kinds(config),
+    )
+
+
+def spa_model(
+    data: SPAData, config: ModelConfig, init: Prior, annotators: AnnotatorData | None = None
+) -> None:
+    """Collapsed SPA model: every image's label distribution is integrated out exactly.
+
+    Sites: ``delta_fraction`` (Beta prior; ``delta = 1* * delta_fraction``), ``one_star``
+    when 1* is learned, and with
+    ``annotators`` the per-annotator offsets ``worker_delta = 1* sigmoid(logit(delta / 1*)
+    + spread * worker_z)``, ``worker_z ~ Normal(0, 1)``, ``spread ~ HalfNormal(1)``.
+    Parameters (empirical Bayes): ``prior_mean_logits``, ``prior_concentration``,
+    ``prior_weight_logits``. The factor ``counts`` holds each row's exact log marginal
+    likelihood, times its weight, in a plate over rows that can be subsampled.
+    """
+    delta, one_star = _globals(config)
+    prior = _prior_params(config, init)
+    worker_delta = None
+    if annotators is not None:
+        spread = numpyro.sample("spread", dist.HalfNormal(1.0))
+        with numpyro.plate("workers", config.num_workers):
+            z = numpyro.sample("worker_z", dist.Normal(0.0, 1.0))
+        # Annotator offsets spread around delta on the logit scale of delta / 1*.
+        frac = delta / one_star
+        logit = jnp.log(frac) - jnp.log1p(-frac)
+        worker_delta = numpyro.deterministic(
+            "worker_delta", one_star * jax.nn.sigmoid(logit + spread * z)
+        )
+    rows = data.num_rows
+    with numpyro.plate("images", rows, subsample_size=config.subsample_size) as idx:
+        batch = data.take(idx)
+        if annotators is None:
+            log_w = entry_log_weights(
+                data.table,
+                delta,
+                one_star,
+                config.num_terms,
+                num_classes=config.num_classes,
+                cut=config.delta_from == "calibration",
+            )
+        else:
+            batch = batch.own_entries()
+            log_w = log_weights_annotators(
+                annotators.worker[idx],
+                annotators.accepted[idx],
+                worker_delta,
+                one_star,
+                config.num_terms,
+            )
+            if config.delta_from == "calibration":
+                # The cut: only calibration tasks move the deltas.
+                cal = entry_calibrated(batch.table, config.num_classes)[:, None]
+                log_w = jnp.where(cal, log_w, jax.lax.stop_gradient(log_w))
+        numpyro.factor("counts", batch.weight * log_likelihood(batch, prior, log_w))
+
+
+def global_guide(
+    data: SPAData, config: ModelConfig, init: Prior, annotators: AnnotatorData | None = None
+) -> None:
+    """Variational family for the global sites: a normal distribution on the logit scale
+    of ``delta_fraction`` (and of ``one_star`` when it is learned)."""
+    for site, start in _global_sites(config):
+        loc = numpyro.param(f"{site}_loc", jnp.asarray(start))
+        scale = numpyro.param(f"{site}_scale", jnp.asarray(0.1), constraint=constraints.positive)
+        numpyro.sample(
+            site,
+            dist.TransformedDistribution(
+                dist.Normal(loc, scale), dist.transforms.SigmoidTransform()
+            ),
+        )
+
+
+def _global_sites(config: ModelConfig) -> list[tuple[str, float]]:
+    sites = [("delta_fraction", float(np.log(0.2 / 0.8)))]
+    if config.one_star is None:
+        sites.append(("one_star", float(np.log(0.95 / 0.05))))
+    return sites
+
+
+class QuadratureELBO(ELBO):
+    """The ELBO of :func:`global_guide`, with the expectation over the guide computed by
+    Gauss-Hermite quadrature instead of sampling.
+
+    The global latent space has one or two dimensions, so a product rule with a few
+    nodes per dimension is exact to high order; the objective is then deterministic and
+    smooth, and Adam converges without gradient noise.
+    """
+
+    def __init__(self, num_nodes: int = 6):
+        super().__init__(num_particles=1)
+        nodes, weights = np.polynomial.hermite_e.hermegauss(num_nodes)
+        self.nodes = nodes
+        self.weights = weights / weights.sum()
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        config = kwargs["config"]
+        sites = [name for name, _ in _global_sites(config)]
+        grids = np.meshgrid(*([self.nodes] * len(sites)), indexing="ij")
+        wgrid = np.meshgrid(*([self.weights] * len(sites)), indexing="ij")
+        z = jnp.asarray(np.stack([g.ravel() for g in grids], axis=1))
+        w = jnp.asarray(np.prod(np.stack([g.ravel() for g in wgrid], axis=1), axis=1))
+        seeded_model = numpyro.handlers.seed(model, rng_key)
+
+        def elbo_at(zi):
+            values = {
+                site: jax.nn.sigmoid(param_map[f"{site}_loc"] + param_map[f"{site}_scale"] * zi[j])
+                for j, site in enumerate(sites)
+            }
+            sub = {**param_map, **values}
+            log_p, _ = log_density(seeded_model, args, kwargs, sub)
+            log_q, _ = log_density(guide, args, kwargs, sub)
+            return log_p - log_q
+
+        elbo = jnp.sum(w * jax.vmap(elbo_at)(z.astype(jnp.result_type(float))))
+        return {"loss": -elbo, "mutable_state": None}
+
+
+def spa_model_uncollapsed(
+    counts: Array,
+    proposals: Array,
+    *,
+    delta_prior=(1.0, 1.0),
+    one_star: float = 0.99,
+    mean: Array,
+    concentration: Array,
+) -> None:
+    """The plain (uncollapsed) SPA model with a per-image latent ``p``, for checks and NUTS
+    on small problems: ``p ~ Dirichlet(concentration[rho] * mean[rho])``,
+    ``counts ~ Multinomial(N, p_b)``. ``mean`` is ``(K, K)``, ``concentration`` ``(K,)``."""
+    num_classes = counts.shape[1]
+    delta = numpyro.sample("delta", dist.Beta(*delta_prior))
+    with numpyro.plate("images", counts.shape[0]):
+        p = numpyro.sample("p", dist.Dirichlet(concentration[proposals][:, None] * mean[proposals]))
+        is_rho = proposals[:, None] == jnp.arange(num_classes, dtype=jnp.int32)[None, :]
+        p_rho = jnp.sum(jnp.where(is_rho, p, 0.0), axis=1)
+        acc = delta + (one_star - delta) * p_rho
+        rest = jnp.where(is_rho, 0.0, p) / jnp.maximum(1 - p_rho, 1e-12)[:, None]
+        p_b = acc[:, None] * is_rho.astype(p.dtype) + (1 - acc)[:, None] * rest
+        numpyro.sample("counts", dist.Multinomial(jnp.sum(counts, axis=1), probs=p_b), obs=counts)
