@@ -211,7 +211,9 @@ def _check_float_capacity(num: Array, dtype) -> None:
 # ----------------------------------------------------------------------------------
 
 
-def _local_devices(devices: Sequence[jax.Device] | None, *arrays) -> tuple[jax.Device, ...]:
+def _devices(devices: Sequence[jax.Device] | None, *arrays) -> tuple[jax.Device, ...]:
+    """The devices to shard the image axis over: those given, else every device of every
+    process (``jax.devices()``; the local ones when there is a single process)."""
     if devices is not None:
         devs = tuple(devices)
         if not devs:
@@ -219,7 +221,20 @@ def _local_devices(devices: Sequence[jax.Device] | None, *arrays) -> tuple[jax.D
         return devs
     if any(_checks.is_traced(a) for a in arrays):
         return (jax.devices()[0],)  # inside a caller's transformation: let the caller shard
-    return tuple(jax.local_devices())
+    return tuple(jax.devices() if jax.process_count() > 1 else jax.local_devices())
+
+
+def _for_devices(devices: tuple[jax.Device, ...], *arrays):
+    """Inputs for a computation over ``devices``. When these span several processes,
+    every process holds the (same) inputs in full: hand them over as host arrays, which
+    jit places replicated, whatever local device they were committed to."""
+    here = jax.process_index()
+    if all(d.process_index == here for d in devices):
+        return arrays
+    return tuple(
+        np.asarray(a) if isinstance(a, jax.Array) and a.is_fully_addressable else a
+        for a in arrays
+    )
 
 
 def _run_blocked(fn, arrays: tuple[Array, ...], *, block: int, devices: tuple[jax.Device, ...]):
@@ -615,7 +630,7 @@ def simulate_counts(
     _check_float_capacity(num, x.p.dtype)
     if n == 0:
         return jnp.zeros(x.p.shape, jnp.int32)
-    devs = _local_devices(devices, x.p, x.delta, num)
+    devs = _devices(devices, x.p, x.delta, num)
     pooled_size = x.delta.shape[0] if x.pooled else 0
     if method == "multinomial":
         block = block_size or 2048
@@ -625,12 +640,7 @@ def simulate_counts(
         core = _streamed_counts_core
     _check_block(block)
     return core(
-        kd,
-        x.p,
-        x.proposals,
-        x.delta,
-        num,
-        x.one_star,
+        *_for_devices(devs, kd, x.p, x.proposals, x.delta, num, x.one_star),
         pooled=x.pooled,
         num_pool=pooled_size,
         on_certain=on_certain,
@@ -714,14 +724,9 @@ def simulate_annotations(
         return out if return_details else out.labels
     block = block_size or _default_block(width)
     _check_block(block)
-    devs = _local_devices(devices, x.p, x.delta, num)
+    devs = _devices(devices, x.p, x.delta, num)
     out = _annotations_core(
-        kd,
-        x.p,
-        x.proposals,
-        x.delta,
-        num,
-        x.one_star,
+        *_for_devices(devs, kd, x.p, x.proposals, x.delta, num, x.one_star),
         pooled=x.pooled,
         num_pool=x.delta.shape[0] if x.pooled else 0,
         on_certain=on_certain,
@@ -800,12 +805,14 @@ def simulate_sweep(
     one_star: ArrayIn = 0.99,
     on_certain: OnCertain = "uniform",
     block_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> Int[Array, "deltas sizes seeds images classes"]:
     """Counts for a whole grid of (delta, num_annotations, seed) in one compiled call.
 
     Seed ``s`` uses ``fold_in(key, s)``; within a seed the same random numbers serve
     every delta and size (common random numbers), so differences between grid cells are
-    not masked by simulation noise. Each cell is distributed as :func:`simulate_counts`.
+    not masked by simulation noise. Each cell is distributed as :func:`simulate_counts`
+    (cell ``(d, m, s)`` equals ``simulate_counts(fold_in(key, s), ...)`` exactly).
 
     Args:
         key: PRNG key.
@@ -816,7 +823,9 @@ def simulate_sweep(
         num_seeds: keyword-only; independent replicates.
         one_star: keyword-only; 1*.
         on_certain: keyword-only; the rejection rule when ``p[rho] = 1``.
-        block_size: keyword-only; images per chunk.
+        block_size: keyword-only; images per chunk (each computes the whole grid).
+        devices: keyword-only; devices to shard the image axis over (default: all
+            devices of all processes). The result does not depend on the devices.
 
     Returns:
         ``(deltas, sizes, seeds, images, classes)`` int32 counts.
@@ -838,42 +847,47 @@ def simulate_sweep(
     deltas = _checks.check_range("delta", deltas, 0.0, x.one_star)
     sizes = _checks.check_range("num_annotations", sizes, 0, 2**31 - 1)
     _check_float_capacity(sizes, x.p.dtype)
-    block = block_size or 2048
+    cells = deltas.shape[0] * sizes.shape[0] * int(num_seeds)
+    n, num_classes = x.p.shape
+    if n == 0 or cells == 0:
+        return jnp.zeros((deltas.shape[0], sizes.shape[0], int(num_seeds), n, num_classes), jnp.int32)
+    block = block_size or max(64, 2048 // cells)  # a block holds every cell of its images
     _check_block(block)
+    devs = _devices(devices, x.p, deltas, sizes)
     return _sweep_core(
-        kd,
-        x.p,
-        x.proposals,
-        deltas,
-        sizes,
-        x.one_star,
+        *_for_devices(devs, kd, x.p, x.proposals, deltas, sizes, x.one_star),
         num_seeds=int(num_seeds),
         on_certain=on_certain,
         block=block,
+        devices=devs,
     )
 
 
-@functools.partial(jax.jit, static_argnames=("num_seeds", "on_certain", "block"))
-def _sweep_core(kd, p, rho, deltas, sizes, one_star, *, num_seeds, on_certain, block):
-    n = p.shape[0]
-    dev = (jax.devices()[0],)
-
-    def cell(seed, d, size):
-        return _counts_core(
-            fold(kd, seed),
-            p,
-            rho,
-            jnp.broadcast_to(d, (n,)),
-            jnp.broadcast_to(size, (n,)),
-            one_star,
-            pooled=False,
-            num_pool=0,
-            on_certain=on_certain,
-            block=block,
-            devices=dev,
-        )
-
+@functools.partial(jax.jit, static_argnames=("num_seeds", "on_certain", "block", "devices"))
+def _sweep_core(kd, p, rho, deltas, sizes, one_star, *, num_seeds, on_certain, block, devices):
     seeds = jnp.arange(num_seeds, dtype=jnp.uint32)
-    over_seeds = jax.vmap(cell, in_axes=(0, None, None))
-    over_sizes = jax.vmap(over_seeds, in_axes=(None, None, 0))
-    return jax.vmap(over_sizes, in_axes=(None, 0, None))(seeds, deltas, sizes)
+
+    def fn(offset, p_b, rho_b):
+        b = p_b.shape[0]
+
+        def cell(seed, d, size):
+            return _count_block(
+                fold(kd, seed),
+                offset,
+                p_b,
+                rho_b,
+                jnp.broadcast_to(d, (b,)),
+                jnp.broadcast_to(size, (b,)),
+                one_star,
+                pooled=False,
+                num_pool=0,
+                on_certain=on_certain,
+            )
+
+        over_seeds = jax.vmap(cell, in_axes=(0, None, None))
+        over_sizes = jax.vmap(over_seeds, in_axes=(None, None, 0))
+        grid = jax.vmap(over_sizes, in_axes=(None, 0, None))(seeds, deltas, sizes)
+        return jnp.moveaxis(grid, 3, 0)  # images first, for the blocked runner
+
+    out = _run_blocked(fn, (p, rho), block=block, devices=devices)
+    return jnp.moveaxis(out, 0, 3)
