@@ -232,8 +232,7 @@ def _for_devices(devices: tuple[jax.Device, ...], *arrays):
     if all(d.process_index == here for d in devices):
         return arrays
     return tuple(
-        np.asarray(a) if isinstance(a, jax.Array) and a.is_fully_addressable else a
-        for a in arrays
+        np.asarray(a) if isinstance(a, jax.Array) and a.is_fully_addressable else a for a in arrays
     )
 
 
@@ -850,7 +849,9 @@ def simulate_sweep(
     cells = deltas.shape[0] * sizes.shape[0] * int(num_seeds)
     n, num_classes = x.p.shape
     if n == 0 or cells == 0:
-        return jnp.zeros((deltas.shape[0], sizes.shape[0], int(num_seeds), n, num_classes), jnp.int32)
+        return jnp.zeros(
+            (deltas.shape[0], sizes.shape[0], int(num_seeds), n, num_classes), jnp.int32
+        )
     block = block_size or max(64, 2048 // cells)  # a block holds every cell of its images
     _check_block(block)
     devs = _devices(devices, x.p, deltas, sizes)
