@@ -14,7 +14,8 @@ Two simulators share this model:
 
 Both are pure functions of ``key``; an annotation's random number depends only on its
 image index and its annotation index, so chunking and multi-device sharding of the image
-axis never change the result.
+axis never change the result, whether the devices belong to one process or to several
+(:mod:`cleverjax.distributed`).
 """
 
 from __future__ import annotations
@@ -604,11 +605,14 @@ def simulate_counts(
         on_certain: keyword-only; the rejection rule when ``p[rho] = 1``.
         method: keyword-only; ``"multinomial"`` or ``"annotations"``.
         block_size: keyword-only; images per chunk (default: sized to the cache).
-        devices: keyword-only; devices to shard the image axis over (default: all local
-            devices). The result does not depend on the number of devices.
+        devices: keyword-only; devices to shard the image axis over (default: all
+            devices of all processes, see :mod:`cleverjax.distributed`). The result does
+            not depend on the number of devices or processes.
 
     Returns:
-        ``(images, classes)`` int32 counts; row i sums to ``num_annotations[i]``.
+        ``(images, classes)`` int32 counts; row i sums to ``num_annotations[i]``. With
+        several processes, a global array: :func:`cleverjax.distributed.gather` brings
+        it to every process.
 
     Raises:
         ValueError: on invalid probabilities, proposals, delta, one_star or counts.
@@ -685,11 +689,13 @@ def simulate_annotations(
             ``num_annotations`` is traced. Defaults to ``max(num_annotations)``.
         return_details: keyword-only; also return accepted flags and annotator ids.
         block_size: keyword-only; images per chunk.
-        devices: keyword-only; devices to shard the image axis over (default: all local).
+        devices: keyword-only; devices to shard the image axis over (default: all
+            devices of all processes).
 
     Returns:
         ``(images, slots)`` int32 labels, ``-1`` past an image's count; or an
-        :class:`AnnotationBatch` when ``return_details``.
+        :class:`AnnotationBatch` when ``return_details``. With several processes, global
+        arrays (see :func:`cleverjax.distributed.gather`).
 
     Examples:
         >>> import jax, jax.numpy as jnp, cleverjax as cj
