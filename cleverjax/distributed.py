@@ -182,7 +182,8 @@ def initialize(
         return
     if jax.distributed.is_initialized():
         raise DistributedError("`initialize` was already called in this process; call it once")
-    if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+    # Older JAX had no CPU collectives by default; leave any other choice (e.g. mpi) alone.
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") in (None, "", "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if address is not None and process_id not in (None, 0):
         _wait_for_coordinator(*address, initialization_timeout)

@@ -83,6 +83,13 @@ WORKER = CASES + textwrap.dedent("""
     (w_all,) = cj.distributed.replicate(w, mesh=mesh)
     assert full.sharding.spec == PartitionSpec(("rows",)), full.sharding
     assert len(full.addressable_shards) == 2 and full.addressable_shards[0].data.shape == (10, 3)
+    for bad, message in [((x[:38],), "pad to 40"), ((x[: 20 - pid],), "same number of rows")]:
+        try:
+            cj.distributed.global_rows(*bad, mesh=mesh, process_local=message != "pad to 40")
+        except ValueError as err:
+            assert message in str(err), err
+        else:
+            raise AssertionError(f"no error for {message!r}")
     row = jax.jit(lambda a, v: a @ v)
     result.update(
         full=cj.distributed.gather(full),
