@@ -239,22 +239,33 @@ def _for_devices(devices: tuple[jax.Device, ...], *arrays):
 
 def _run_blocked(fn, arrays: tuple[Array, ...], *, block: int, devices: tuple[jax.Device, ...]):
     """Apply ``fn(offset, *block_arrays)`` over image blocks: lax.map per device, shard_map
-    across devices. Arrays are padded with copies of row 0 (callers zero their counts)."""
+    across devices.
+
+    Device d takes images ``[d * m, (d + 1) * m)``, ``m = ceil(n / devices)``, padded to
+    whole blocks with copies of its first image (whose results are dropped). Padding each
+    device's share, not the end of the array, keeps the result sharded like the images
+    when the devices divide n: nothing is gathered, across hosts neither.
+    """
     n = arrays[0].shape[0]
     num_dev = len(devices)
-    block = max(1, min(block, math.ceil(n / num_dev)))  # no padding beyond what n needs
-    blocks_per_dev = max(1, math.ceil(n / (num_dev * block)))
-    n_pad = num_dev * blocks_per_dev * block
+    per_dev = math.ceil(n / num_dev)
+    block = max(1, min(block, per_dev))  # no padding beyond what n needs
+    blocks_per_dev = max(1, math.ceil(per_dev / block))
 
-    def pad(a):
-        extra = n_pad - n
-        if extra == 0:
-            return a
-        filler = jnp.broadcast_to(a[:1], (extra, *a.shape[1:]))
-        return jnp.concatenate([a, filler], axis=0)
+    def layout(a):
+        if num_dev * per_dev != n:
+            filler = jnp.broadcast_to(a[:1], (num_dev * per_dev - n, *a.shape[1:]))
+            a = jnp.concatenate([a, filler], axis=0)
+        a = a.reshape(num_dev, per_dev, *a.shape[1:])
+        if blocks_per_dev * block != per_dev:
+            shape = (num_dev, blocks_per_dev * block - per_dev, *a.shape[2:])
+            a = jnp.concatenate([a, jnp.broadcast_to(a[:, :1], shape)], axis=1)
+        return a.reshape(num_dev * blocks_per_dev, block, *a.shape[2:])
 
-    blocked = tuple(pad(a).reshape(num_dev * blocks_per_dev, block, *a.shape[1:]) for a in arrays)
-    offsets = jnp.arange(num_dev * blocks_per_dev, dtype=jnp.uint32) * jnp.uint32(block)
+    blocked = tuple(layout(a) for a in arrays)
+    first = jnp.arange(num_dev, dtype=jnp.uint32) * jnp.uint32(per_dev)
+    within = jnp.arange(blocks_per_dev, dtype=jnp.uint32) * jnp.uint32(block)
+    offsets = (first[:, None] + within[None, :]).reshape(-1)
 
     def per_device(offs, *xs):
         return lax.map(lambda args: fn(args[0], *args[1:]), (offs, *xs))
@@ -269,7 +280,12 @@ def _run_blocked(fn, arrays: tuple[Array, ...], *, block: int, devices: tuple[ja
         )
         put = functools.partial(jax.device_put, device=NamedSharding(mesh, spec))
         out = sharded(put(offsets), *(put(b) for b in blocked))
-    return jax.tree.map(lambda o: o.reshape(n_pad, *o.shape[2:])[:n], out)
+
+    def unlayout(o):
+        o = o.reshape(num_dev, blocks_per_dev * block, *o.shape[2:])[:, :per_dev]
+        return o.reshape(num_dev * per_dev, *o.shape[2:])[:n]
+
+    return jax.tree.map(unlayout, out)
 
 
 def _default_block(per_image_work: int) -> int:

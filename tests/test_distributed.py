@@ -47,6 +47,12 @@ CASES = textwrap.dedent("""
             "accepted": batch.accepted,
             "worker": batch.worker,
         }
+        # Devices divide 1000 images: each keeps its own rows, padded to whole blocks.
+        even = cj.simulate_counts(key, p[:1000], rho[:1000], num_annotations=num[:1000],
+                                  delta=0.3, block_size=64)
+        out["even"] = even
+        if jax.process_count() > 1:
+            out["even_stays_sharded"] = np.array(not even.is_fully_replicated)
         if cases == "all":
             out["streamed"] = cj.simulate_counts(key, p, rho, num_annotations=num, delta=pool,
                                                  method="annotations")
@@ -168,6 +174,7 @@ def two_processes(tmp_path_factory):
 
 def test_simulations_equal_one_process(two_processes):
     _check_equal_one_process(two_processes, "fast")
+    assert two_processes["even_stays_sharded"], "a divisible image count was gathered"
 
 
 @pytest.mark.slow
