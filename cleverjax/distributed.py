@@ -293,6 +293,8 @@ def initialize_from_args(args: argparse.Namespace, **kwargs: Any) -> bool:
                 f"together (or --coordinator auto); missing {', '.join(missing)}"
             )
         initialize(coordinator, num, pid, **kwargs)
+        if num == 1:
+            return False  # no runtime, and the backend is left unstarted
     return jax.process_count() > 1
 
 
