@@ -1,6 +1,7 @@
 """cleverjax: simulate, correct and infer the default effect of proposal-guided annotation."""
 
 from . import _cache
+from . import distributed as distributed
 from ._correction import Calibration as Calibration
 from ._correction import DeltaEstimate as DeltaEstimate
 from ._correction import bias_correction as bias_correction

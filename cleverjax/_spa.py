@@ -14,7 +14,8 @@ Two simulators share this model:
 
 Both are pure functions of ``key``; an annotation's random number depends only on its
 image index and its annotation index, so chunking and multi-device sharding of the image
-axis never change the result.
+axis never change the result, whether the devices belong to one process or to several
+(:mod:`cleverjax.distributed`).
 """
 
 from __future__ import annotations
@@ -211,7 +212,9 @@ def _check_float_capacity(num: Array, dtype) -> None:
 # ----------------------------------------------------------------------------------
 
 
-def _local_devices(devices: Sequence[jax.Device] | None, *arrays) -> tuple[jax.Device, ...]:
+def _devices(devices: Sequence[jax.Device] | None, *arrays) -> tuple[jax.Device, ...]:
+    """The devices to shard the image axis over: those given, else every device of every
+    process (``jax.devices()``; the local ones when there is a single process)."""
     if devices is not None:
         devs = tuple(devices)
         if not devs:
@@ -219,27 +222,50 @@ def _local_devices(devices: Sequence[jax.Device] | None, *arrays) -> tuple[jax.D
         return devs
     if any(_checks.is_traced(a) for a in arrays):
         return (jax.devices()[0],)  # inside a caller's transformation: let the caller shard
-    return tuple(jax.local_devices())
+    return tuple(jax.devices() if jax.process_count() > 1 else jax.local_devices())
+
+
+def _for_devices(devices: tuple[jax.Device, ...], *arrays):
+    """Inputs for a computation over ``devices``. When these span several processes,
+    every process holds the (same) inputs in full: hand them over as host arrays, which
+    jit places replicated, whatever local device they were committed to."""
+    here = jax.process_index()
+    if all(d.process_index == here for d in devices):
+        return arrays
+    return tuple(
+        np.asarray(a) if isinstance(a, jax.Array) and a.is_fully_addressable else a for a in arrays
+    )
 
 
 def _run_blocked(fn, arrays: tuple[Array, ...], *, block: int, devices: tuple[jax.Device, ...]):
     """Apply ``fn(offset, *block_arrays)`` over image blocks: lax.map per device, shard_map
-    across devices. Arrays are padded with copies of row 0 (callers zero their counts)."""
+    across devices.
+
+    Device d takes images ``[d * m, (d + 1) * m)``, ``m = ceil(n / devices)``, padded to
+    whole blocks with copies of its first image (whose results are dropped). Padding each
+    device's share, not the end of the array, keeps the result sharded like the images
+    when the devices divide n: nothing is gathered, across hosts neither.
+    """
     n = arrays[0].shape[0]
     num_dev = len(devices)
-    block = max(1, min(block, math.ceil(n / num_dev)))  # no padding beyond what n needs
-    blocks_per_dev = max(1, math.ceil(n / (num_dev * block)))
-    n_pad = num_dev * blocks_per_dev * block
+    per_dev = math.ceil(n / num_dev)
+    block = max(1, min(block, per_dev))  # no padding beyond what n needs
+    blocks_per_dev = max(1, math.ceil(per_dev / block))
 
-    def pad(a):
-        extra = n_pad - n
-        if extra == 0:
-            return a
-        filler = jnp.broadcast_to(a[:1], (extra, *a.shape[1:]))
-        return jnp.concatenate([a, filler], axis=0)
+    def layout(a):
+        if num_dev * per_dev != n:
+            filler = jnp.broadcast_to(a[:1], (num_dev * per_dev - n, *a.shape[1:]))
+            a = jnp.concatenate([a, filler], axis=0)
+        a = a.reshape(num_dev, per_dev, *a.shape[1:])
+        if blocks_per_dev * block != per_dev:
+            shape = (num_dev, blocks_per_dev * block - per_dev, *a.shape[2:])
+            a = jnp.concatenate([a, jnp.broadcast_to(a[:, :1], shape)], axis=1)
+        return a.reshape(num_dev * blocks_per_dev, block, *a.shape[2:])
 
-    blocked = tuple(pad(a).reshape(num_dev * blocks_per_dev, block, *a.shape[1:]) for a in arrays)
-    offsets = jnp.arange(num_dev * blocks_per_dev, dtype=jnp.uint32) * jnp.uint32(block)
+    blocked = tuple(layout(a) for a in arrays)
+    first = jnp.arange(num_dev, dtype=jnp.uint32) * jnp.uint32(per_dev)
+    within = jnp.arange(blocks_per_dev, dtype=jnp.uint32) * jnp.uint32(block)
+    offsets = (first[:, None] + within[None, :]).reshape(-1)
 
     def per_device(offs, *xs):
         return lax.map(lambda args: fn(args[0], *args[1:]), (offs, *xs))
@@ -254,7 +280,12 @@ def _run_blocked(fn, arrays: tuple[Array, ...], *, block: int, devices: tuple[ja
         )
         put = functools.partial(jax.device_put, device=NamedSharding(mesh, spec))
         out = sharded(put(offsets), *(put(b) for b in blocked))
-    return jax.tree.map(lambda o: o.reshape(n_pad, *o.shape[2:])[:n], out)
+
+    def unlayout(o):
+        o = o.reshape(num_dev, blocks_per_dev * block, *o.shape[2:])[:, :per_dev]
+        return o.reshape(num_dev * per_dev, *o.shape[2:])[:n]
+
+    return jax.tree.map(unlayout, out)
 
 
 def _default_block(per_image_work: int) -> int:
@@ -590,11 +621,14 @@ def simulate_counts(
         on_certain: keyword-only; the rejection rule when ``p[rho] = 1``.
         method: keyword-only; ``"multinomial"`` or ``"annotations"``.
         block_size: keyword-only; images per chunk (default: sized to the cache).
-        devices: keyword-only; devices to shard the image axis over (default: all local
-            devices). The result does not depend on the number of devices.
+        devices: keyword-only; devices to shard the image axis over (default: all
+            devices of all processes, see :mod:`cleverjax.distributed`). The result does
+            not depend on the number of devices or processes.
 
     Returns:
-        ``(images, classes)`` int32 counts; row i sums to ``num_annotations[i]``.
+        ``(images, classes)`` int32 counts; row i sums to ``num_annotations[i]``. With
+        several processes, a global array: :func:`cleverjax.distributed.gather` brings
+        it to every process.
 
     Raises:
         ValueError: on invalid probabilities, proposals, delta, one_star or counts.
@@ -615,7 +649,7 @@ def simulate_counts(
     _check_float_capacity(num, x.p.dtype)
     if n == 0:
         return jnp.zeros(x.p.shape, jnp.int32)
-    devs = _local_devices(devices, x.p, x.delta, num)
+    devs = _devices(devices, x.p, x.delta, num)
     pooled_size = x.delta.shape[0] if x.pooled else 0
     if method == "multinomial":
         block = block_size or 2048
@@ -625,12 +659,7 @@ def simulate_counts(
         core = _streamed_counts_core
     _check_block(block)
     return core(
-        kd,
-        x.p,
-        x.proposals,
-        x.delta,
-        num,
-        x.one_star,
+        *_for_devices(devs, kd, x.p, x.proposals, x.delta, num, x.one_star),
         pooled=x.pooled,
         num_pool=pooled_size,
         on_certain=on_certain,
@@ -676,11 +705,13 @@ def simulate_annotations(
             ``num_annotations`` is traced. Defaults to ``max(num_annotations)``.
         return_details: keyword-only; also return accepted flags and annotator ids.
         block_size: keyword-only; images per chunk.
-        devices: keyword-only; devices to shard the image axis over (default: all local).
+        devices: keyword-only; devices to shard the image axis over (default: all
+            devices of all processes).
 
     Returns:
         ``(images, slots)`` int32 labels, ``-1`` past an image's count; or an
-        :class:`AnnotationBatch` when ``return_details``.
+        :class:`AnnotationBatch` when ``return_details``. With several processes, global
+        arrays (see :func:`cleverjax.distributed.gather`).
 
     Examples:
         >>> import jax, jax.numpy as jnp, cleverjax as cj
@@ -714,14 +745,9 @@ def simulate_annotations(
         return out if return_details else out.labels
     block = block_size or _default_block(width)
     _check_block(block)
-    devs = _local_devices(devices, x.p, x.delta, num)
+    devs = _devices(devices, x.p, x.delta, num)
     out = _annotations_core(
-        kd,
-        x.p,
-        x.proposals,
-        x.delta,
-        num,
-        x.one_star,
+        *_for_devices(devs, kd, x.p, x.proposals, x.delta, num, x.one_star),
         pooled=x.pooled,
         num_pool=x.delta.shape[0] if x.pooled else 0,
         on_certain=on_certain,
@@ -800,12 +826,14 @@ def simulate_sweep(
     one_star: ArrayIn = 0.99,
     on_certain: OnCertain = "uniform",
     block_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> Int[Array, "deltas sizes seeds images classes"]:
     """Counts for a whole grid of (delta, num_annotations, seed) in one compiled call.
 
     Seed ``s`` uses ``fold_in(key, s)``; within a seed the same random numbers serve
     every delta and size (common random numbers), so differences between grid cells are
-    not masked by simulation noise. Each cell is distributed as :func:`simulate_counts`.
+    not masked by simulation noise. Each cell is distributed as :func:`simulate_counts`
+    (cell ``(d, m, s)`` equals ``simulate_counts(fold_in(key, s), ...)`` exactly).
 
     Args:
         key: PRNG key.
@@ -816,7 +844,9 @@ def simulate_sweep(
         num_seeds: keyword-only; independent replicates.
         one_star: keyword-only; 1*.
         on_certain: keyword-only; the rejection rule when ``p[rho] = 1``.
-        block_size: keyword-only; images per chunk.
+        block_size: keyword-only; images per chunk (each computes the whole grid).
+        devices: keyword-only; devices to shard the image axis over (default: all
+            devices of all processes). The result does not depend on the devices.
 
     Returns:
         ``(deltas, sizes, seeds, images, classes)`` int32 counts.
@@ -838,42 +868,49 @@ def simulate_sweep(
     deltas = _checks.check_range("delta", deltas, 0.0, x.one_star)
     sizes = _checks.check_range("num_annotations", sizes, 0, 2**31 - 1)
     _check_float_capacity(sizes, x.p.dtype)
-    block = block_size or 2048
+    cells = deltas.shape[0] * sizes.shape[0] * int(num_seeds)
+    n, num_classes = x.p.shape
+    if n == 0 or cells == 0:
+        return jnp.zeros(
+            (deltas.shape[0], sizes.shape[0], int(num_seeds), n, num_classes), jnp.int32
+        )
+    block = block_size or max(64, 2048 // cells)  # a block holds every cell of its images
     _check_block(block)
+    devs = _devices(devices, x.p, deltas, sizes)
     return _sweep_core(
-        kd,
-        x.p,
-        x.proposals,
-        deltas,
-        sizes,
-        x.one_star,
+        *_for_devices(devs, kd, x.p, x.proposals, deltas, sizes, x.one_star),
         num_seeds=int(num_seeds),
         on_certain=on_certain,
         block=block,
+        devices=devs,
     )
 
 
-@functools.partial(jax.jit, static_argnames=("num_seeds", "on_certain", "block"))
-def _sweep_core(kd, p, rho, deltas, sizes, one_star, *, num_seeds, on_certain, block):
-    n = p.shape[0]
-    dev = (jax.devices()[0],)
-
-    def cell(seed, d, size):
-        return _counts_core(
-            fold(kd, seed),
-            p,
-            rho,
-            jnp.broadcast_to(d, (n,)),
-            jnp.broadcast_to(size, (n,)),
-            one_star,
-            pooled=False,
-            num_pool=0,
-            on_certain=on_certain,
-            block=block,
-            devices=dev,
-        )
-
+@functools.partial(jax.jit, static_argnames=("num_seeds", "on_certain", "block", "devices"))
+def _sweep_core(kd, p, rho, deltas, sizes, one_star, *, num_seeds, on_certain, block, devices):
     seeds = jnp.arange(num_seeds, dtype=jnp.uint32)
-    over_seeds = jax.vmap(cell, in_axes=(0, None, None))
-    over_sizes = jax.vmap(over_seeds, in_axes=(None, None, 0))
-    return jax.vmap(over_sizes, in_axes=(None, 0, None))(seeds, deltas, sizes)
+
+    def fn(offset, p_b, rho_b):
+        b = p_b.shape[0]
+
+        def cell(seed, d, size):
+            return _count_block(
+                fold(kd, seed),
+                offset,
+                p_b,
+                rho_b,
+                jnp.broadcast_to(d, (b,)),
+                jnp.broadcast_to(size, (b,)),
+                one_star,
+                pooled=False,
+                num_pool=0,
+                on_certain=on_certain,
+            )
+
+        over_seeds = jax.vmap(cell, in_axes=(0, None, None))
+        over_sizes = jax.vmap(over_seeds, in_axes=(None, None, 0))
+        grid = jax.vmap(over_sizes, in_axes=(None, 0, None))(seeds, deltas, sizes)
+        return jnp.moveaxis(grid, 3, 0)  # images first, for the blocked runner
+
+    out = _run_blocked(fn, (p, rho), block=block, devices=devices)
+    return jnp.moveaxis(out, 0, 3)
