@@ -28,6 +28,8 @@ from .counts import annotations_to_table as annotations_to_table
 from .counts import counts_to_table as counts_to_table
 from .counts import to_counts as to_counts
 from .dcic import DCICOutput as DCICOutput
+from .dcic import dcic_image_id as dcic_image_id
+from .dcic import match_dcic_ids as match_dcic_ids
 from .dcic import read_dcic_annotations as read_dcic_annotations
 from .dcic import read_dcic_output as read_dcic_output
 from .dcic import write_dcic_output as write_dcic_output
