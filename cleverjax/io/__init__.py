@@ -33,6 +33,8 @@ from .dcic import match_dcic_ids as match_dcic_ids
 from .dcic import read_dcic_annotations as read_dcic_annotations
 from .dcic import read_dcic_output as read_dcic_output
 from .dcic import write_dcic_output as write_dcic_output
+from .stream import CountedTable as CountedTable
+from .stream import read_counts as read_counts
 from .tables import OnError as OnError
 from .tables import PathIn as PathIn
 from .tables import read_annotations as read_annotations

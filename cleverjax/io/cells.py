@@ -54,15 +54,26 @@ def parse(v: Any) -> tuple[str, bool, bool, int]:
     return s, False, False, 0
 
 
+def parse_uniques(uniques: Iterable[Any]) -> Values:
+    """Each of ``uniques`` parsed, plus a missing value at the end (for code ``-1``)."""
+    parsed = [parse(v) for v in uniques] + [_MISSING]
+    return Values(
+        np.array([p[0] for p in parsed], dtype=object),
+        np.array([p[1] for p in parsed], dtype=bool),
+        np.array([p[2] for p in parsed], dtype=bool),
+        np.array([p[3] for p in parsed], dtype=np.int64),
+    )
+
+
+def take(vals: Values, codes: np.ndarray) -> Values:
+    """The values at ``codes`` (``-1``: the last, missing, entry of :func:`parse_uniques`)."""
+    return Values(vals.text[codes], vals.missing[codes], vals.is_int[codes], vals.value[codes])
+
+
 def from_codes(codes: np.ndarray, uniques: Iterable[Any]) -> Values:
     """Values of a factorised column: ``uniques`` are parsed, then indexed by ``codes``
     (code ``-1`` is a missing value)."""
-    parsed = [parse(v) for v in uniques] + [_MISSING]
-    text = np.array([p[0] for p in parsed], dtype=object)
-    missing = np.array([p[1] for p in parsed], dtype=bool)
-    is_int = np.array([p[2] for p in parsed], dtype=bool)
-    value = np.array([p[3] for p in parsed], dtype=np.int64)
-    return Values(text[codes], missing[codes], is_int[codes], value[codes])
+    return take(parse_uniques(uniques), codes)
 
 
 def values(column: Any, n: int) -> Values:
