@@ -159,3 +159,24 @@ def test_csv_and_other_inputs_are_refused_clearly(tmp_path):
         read_counts(broken)
     with pytest.raises(ValueError, match="`batch_size` must be a positive int"):
         read_counts(wrong, batch_size=0)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["", "01", "-0", "0", "-5", "12", "1.5", "abc", None, "NA"],
+        ["7", "99999999999999999999", "-3"],  # beyond int64: clipped as the parser does
+        [0, -1, 2**62 + 5, -(2**63)],
+        [1.0, 2.5, float("nan"), None],
+        [True, False],
+    ],
+)
+def test_vectorised_cell_parsing_agrees_with_the_parser(values):
+    import pyarrow as pa
+
+    from cleverjax.io.cells import parse_uniques
+    from cleverjax.io.stream import _parse_dictionary
+
+    got, want = _parse_dictionary(pa.array(values)), parse_uniques(values)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -76,14 +76,18 @@ class Problems:
 
     def __init__(self, n: int):
         self.bad = np.zeros(n, bool)
-        self.column = np.full(n, "", dtype=object)
-        self.value = np.full(n, "", dtype=object)
-        self.reason = np.full(n, "", dtype=object)
+        # Text per row, allocated at the first problem (most batches of a file have none).
+        self.column = self.value = self.reason = np.zeros(0, dtype=object)
 
     def add(
         self, mask: np.ndarray, column: str, value: np.ndarray, reason: Callable[[int], str]
     ) -> None:
         new = np.flatnonzero(mask & ~self.bad)
+        if not new.size:
+            return
+        if not self.column.size:
+            n = self.bad.shape[0]
+            self.column, self.value, self.reason = (np.full(n, "", dtype=object) for _ in "cvr")
         self.bad[new] = True
         self.column[new] = column
         self.value[new] = value[new]

@@ -134,8 +134,13 @@ def _open(source: PathIn) -> _Source:
             f"such files"
         )
     try:
+        # Text columns come as dictionaries where the file stores them so (no rehashing).
+        options = ds.ParquetReadOptions(dictionary_columns=list(_ALL_COLUMNS))
         dataset = ds.dataset(
-            p, format="parquet", exclude_invalid_files=False, ignore_prefixes=[".", "_"]
+            p,
+            format=ds.ParquetFileFormat(read_options=options),
+            exclude_invalid_files=False,
+            ignore_prefixes=[".", "_"],
         )
         fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
     except (pa.ArrowInvalid, OSError) as e:
@@ -176,7 +181,43 @@ def _codes(array: Any) -> tuple[np.ndarray, Values]:
     if not pa.types.is_dictionary(array.type):
         array = pc.dictionary_encode(array)
     codes = array.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    return codes, parse_uniques(array.dictionary.to_pylist())
+    return codes, _parse_dictionary(array.dictionary)
+
+
+def _parse_dictionary(values: Any) -> Values:
+    """:func:`~cleverjax.io.cells.parse_uniques` of an Arrow array, vectorised for text
+    and integers (each task name would otherwise cost a Python call)."""
+    kind = values.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        values = values.fill_null("")
+        # Integers of up to 18 digits fit int64 and lie within the parser's cap.
+        is_int = pc.match_substring_regex(values, r"^(0|-?[1-9][0-9]{0,17})$").to_numpy(
+            zero_copy_only=False
+        )
+        if pc.any(pc.match_substring_regex(values, r"^-?[1-9][0-9]{18,}$")).as_py():
+            return parse_uniques(values.to_pylist())  # huge integers: the parser clips them
+        text = values.to_numpy(zero_copy_only=False)
+        value = np.zeros(len(text), np.int64)
+        value[is_int] = np.asarray(text[is_int], dtype=np.int64) if is_int.any() else 0
+        missing = text == ""
+    elif pa.types.is_integer(kind) and kind.bit_width < 64 or pa.types.is_signed_integer(kind):
+        value = np.clip(values.fill_null(0).to_numpy().astype(np.int64), -(2**62), 2**62)
+        if values.null_count:
+            return parse_uniques(values.to_pylist())
+        text = pc.cast(values, pa.string()).to_numpy(zero_copy_only=False)
+        is_int = np.ones(len(text), bool)
+        missing = np.zeros(len(text), bool)
+    else:
+        return parse_uniques(values.to_pylist())
+    last = Values(
+        np.array([""], object), np.ones(1, bool), np.zeros(1, bool), np.zeros(1, np.int64)
+    )
+    return Values(
+        np.concatenate([text.astype(object), last.text]),
+        np.concatenate([missing.astype(bool), last.missing]),
+        np.concatenate([is_int.astype(bool), last.is_int]),
+        np.concatenate([value, last.value]),
+    )
 
 
 def _batches(src: _Source, batch_size: int) -> Iterator[_Batch]:
