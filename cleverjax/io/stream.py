@@ -8,10 +8,10 @@ for the exact-duplicate check. It reads the data twice:
 1. :func:`_survey` decides between class names and class indices and finds the classes
    (as :func:`~cleverjax.io.encode.choose_classes` does for the whole table), and names
    every task and worker;
-2. :func:`_count` runs the per-row checks of :mod:`~cleverjax.io.encode` on each batch,
-   rejects proposals that conflict with a task's first one and adds the rest to the
-   counts; :func:`_duplicates` then sorts the row keys and, only if two are equal,
-   reads the data once more to find and remove the later rows.
+2. :func:`_check` runs the per-row passes of :mod:`~cleverjax.io.encode` on each batch
+   and rejects proposals that conflict with a task's first one; :func:`_add_counts` adds
+   the rest to the counts; :func:`_remove_duplicates` then sorts the row keys and, only
+   if two are equal, reads the data once more to find and remove the later rows.
 """
 
 from __future__ import annotations
@@ -99,6 +99,8 @@ class _Batch(NamedTuple):
 
 
 class _Source(NamedTuple):
+    """The files to read, in order, and where each starts."""
+
     files: tuple[tuple[str, Any], ...]  # (shown path, pyarrow fragment) in reading order
     starts: np.ndarray  # int64: position of each file's first row over all files
     num_rows: int

@@ -125,6 +125,7 @@ def check_names(name: str, names: Any, size: int | None = None) -> tuple[str, ..
 
 
 def finish(frame: Frame, classes: Any, on_error: str, **kwargs: Any) -> AnnotationTable:
+    """Check ``classes``, run the encoding passes and warn about rejected rows."""
     check_choice("on_error", on_error, ON_ERROR)
     names = None
     if classes is not None:
@@ -154,7 +155,8 @@ def read_annotations(
     ``label`` (crowd-kit's convention), and optionally ``proposal``: the class shown to
     the annotator. An empty cell, NaN, None or ``-1`` in ``proposal`` means that no
     proposal was shown. Other columns are ignored. CSV cells are read as text, so names
-    such as ``"01"`` are kept as written; an empty cell is a missing value.
+    such as ``"01"`` are kept as written; an empty cell is a missing value. For a
+    Parquet table too large for memory, :func:`read_counts` gives the counts directly.
 
     Labels and proposals are class names or class indices (integers), not both:
 
