@@ -65,15 +65,34 @@ def parse_uniques(uniques: Iterable[Any]) -> Values:
     )
 
 
+class CodedText:
+    """A column's text as codes into its distinct values, gathered only where indexed
+    (a batch's rows need their text only where a row is reported)."""
+
+    def __init__(self, uniques: np.ndarray, codes: np.ndarray):
+        self.uniques = uniques  # object: text of each distinct value, then ""
+        self.codes = codes
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.uniques[self.codes[index]]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.codes.shape
+
+
 def take(vals: Values, codes: np.ndarray) -> Values:
-    """The values at ``codes`` (``-1``: the last, missing, entry of :func:`parse_uniques`)."""
-    return Values(vals.text[codes], vals.missing[codes], vals.is_int[codes], vals.value[codes])
+    """The values at ``codes`` (``-1``: the last, missing, entry of :func:`parse_uniques`),
+    with the text left as :class:`CodedText`."""
+    text: Any = CodedText(vals.text, codes)
+    return Values(text, vals.missing[codes], vals.is_int[codes], vals.value[codes])
 
 
 def from_codes(codes: np.ndarray, uniques: Iterable[Any]) -> Values:
     """Values of a factorised column: ``uniques`` are parsed, then indexed by ``codes``
     (code ``-1`` is a missing value)."""
-    return take(parse_uniques(uniques), codes)
+    u = parse_uniques(uniques)
+    return Values(u.text[codes], u.missing[codes], u.is_int[codes], u.value[codes])
 
 
 def values(column: Any, n: int) -> Values:

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from .cells import INT_RE, Values, known, values
+from .cells import INT_RE, CodedText, Values, known, values
 from .types import AnnotationTable
 
 
@@ -79,9 +79,9 @@ class Problems:
         # Text per row, allocated at the first problem (most batches of a file have none).
         self.column = self.value = self.reason = np.zeros(0, dtype=object)
 
-    def add(
-        self, mask: np.ndarray, column: str, value: np.ndarray, reason: Callable[[int], str]
-    ) -> None:
+    def add(self, mask: np.ndarray, column: str, value: Any, reason: Callable[[int], str]) -> None:
+        """Record ``column``, ``value[i]`` (text per row) and ``reason(i)`` for the rows
+        of ``mask`` that have no problem yet."""
         new = np.flatnonzero(mask & ~self.bad)
         if not new.size:
             return
@@ -206,11 +206,16 @@ def choose_classes(
 
 def _lookup(vals: Values, mask: np.ndarray, table: dict[str, int]) -> np.ndarray:
     """Class index of each row's text under ``table`` (-1 if absent or outside ``mask``)."""
-    out = np.full(vals.text.shape[0], -1, np.int64)
-    if mask.any():
-        codes, uniques = pd.factorize(vals.text[mask])
-        found = np.array([table.get(u, -1) for u in uniques], dtype=np.int64)
-        out[mask] = found[codes]
+    out = np.full(vals.missing.shape[0], -1, np.int64)
+    if not mask.any():
+        return out
+    if isinstance(vals.text, CodedText):  # look up each distinct value once
+        found = np.array([table.get(u, -1) for u in vals.text.uniques], dtype=np.int64)
+        out[mask] = found[vals.text.codes[mask]]
+        return out
+    codes, uniques = pd.factorize(vals.text[mask])
+    found = np.array([table.get(u, -1) for u in uniques], dtype=np.int64)
+    out[mask] = found[codes]
     return out
 
 

@@ -373,7 +373,8 @@ def _check(src: _Source, b: _Batch, sv: _Survey, st: _State, *, update: bool) ->
         t = task[at]
         if update:
             new = at[st.first_prop[t] < 0]
-            tn, first = np.unique(task[new], return_index=True)
+            codes, first = _first_rows(b.codes["task"][new], len(task_ids))
+            tn = task_ids[codes]
             st.first_prop[tn] = prop[new[first]]
             st.first_prop_at[tn] = b.offset + new[first]
         conflict = np.zeros(b.n, bool)
@@ -393,6 +394,15 @@ def _check(src: _Source, b: _Batch, sv: _Survey, st: _State, *, update: bool) ->
     return _Checked(problems, task_ids, task, worker, label, shown, first_of)
 
 
+def _first_rows(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct codes among ``codes`` and the index of each one's first row, in O(n)
+    (sorting a batch of task ids is what ``np.unique`` would do)."""
+    first = np.full(size, -1, np.int64)
+    first[codes[::-1]] = np.arange(codes.shape[0] - 1, -1, -1)  # the last write wins
+    present = np.flatnonzero(first >= 0)
+    return present, first[present]
+
+
 def _add_counts(b: _Batch, c: _Checked, st: _State, k: int) -> None:
     """Add the used rows of a batch to the counts, first-use positions and row keys."""
     pos = np.flatnonzero(~c.problems.bad)
@@ -410,7 +420,8 @@ def _add_counts(b: _Batch, c: _Checked, st: _State, k: int) -> None:
                 out[ids] += local
             else:  # two distinct cells with one text, e.g. 0.0 and -0.0
                 np.add.at(out, ids, local)
-    ut, first = np.unique(c.task[pos], return_index=True)
+    codes, first = _first_rows(code, num_codes)
+    ut = c.task_ids[codes]
     st.first_used[ut] = np.minimum(st.first_used[ut], b.offset + pos[first])
     keys = st.key(c.task[pos], c.worker[pos], label, shown)
     st.keys[st.num_keys : st.num_keys + keys.size] = keys
