@@ -255,8 +255,12 @@ def _batches(src: _Source, batch_size: int) -> Iterator[_Batch]:
 
 class _Survey(NamedTuple):
     scheme: ClassScheme
-    tasks: dict[str, int]  # task name -> id, in order of first appearance
-    workers: dict[str, int]
+    tasks: list[str]  # task names by id
+    num_workers: int
+    # Per batch (the same batches in every read): the task and worker id of each of the
+    # batch's distinct values, -1 where unused; so later reads need no name lookups.
+    task_ids: list[np.ndarray]
+    worker_ids: list[np.ndarray]
 
 
 def _present(b: _Batch, column: str, mask: np.ndarray) -> np.ndarray:
@@ -266,17 +270,14 @@ def _present(b: _Batch, column: str, mask: np.ndarray) -> np.ndarray:
     return np.bincount(codes[mask & (codes >= 0)], minlength=size)[:size] > 0
 
 
-def _ids(names: dict[str, int], b: _Batch, column: str, mask: np.ndarray, add: bool):
-    """The id of each distinct value of ``column`` among the rows ``mask`` (else -1);
-    with ``add``, new names get the next ids."""
+def _ids(names: dict[str, int], b: _Batch, column: str, mask: np.ndarray) -> np.ndarray:
+    """The id of each distinct value of ``column`` among the rows ``mask`` (else -1); new
+    names get the next ids."""
     text = b.uniques[column].text
     ids = np.full(len(text), -1, np.int64)
     where = np.flatnonzero(_present(b, column, mask))
-    if add:
-        ids[where] = [names.setdefault(t, len(names)) for t in text[where]]
-    else:
-        ids[where] = [names[t] for t in text[where]]
-    return ids
+    ids[where] = [names.setdefault(t, len(names)) for t in text[where]]
+    return ids.astype(np.int32) if len(names) < 2**31 else ids  # kept for every batch
 
 
 def _not_missing(b: _Batch, cols: Columns) -> np.ndarray:
@@ -291,6 +292,8 @@ def _survey(src: _Source, classes: tuple[str, ...] | None, batch_size: int) -> _
     seen: set[tuple[str, bool, int]] = set()
     tasks: dict[str, int] = {}
     workers: dict[str, int] = {}
+    task_ids: list[np.ndarray] = []
+    worker_ids: list[np.ndarray] = []
     for b in _batches(src, batch_size):
         cols = b.columns()
         ok = _not_missing(b, cols)
@@ -299,15 +302,17 @@ def _survey(src: _Source, classes: tuple[str, ...] | None, batch_size: int) -> _
             u = b.uniques[column]
             for i in np.flatnonzero(_present(b, column, mask)):
                 seen.add((u.text[i], bool(u.is_int[i]), int(u.value[i])))
-        _ids(tasks, b, "task", ok, add=True)
-        _ids(workers, b, "worker", ok, add=True)
+        task_ids.append(_ids(tasks, b, "task", ok))
+        worker_ids.append(_ids(workers, b, "worker", ok))
     given = classes is not None
     if given and any(INT_RE.fullmatch(c) for c in classes):
-        return _Survey(scheme(classes, True, False, names_only=True), tasks, workers)
-    int_kind = class_kind(votes)
-    if classes is None:
-        classes = default_classes(seen, int_kind)
-    return _Survey(scheme(classes, given, int_kind), tasks, workers)
+        sch = scheme(classes, True, False, names_only=True)
+    else:
+        int_kind = class_kind(votes)
+        if classes is None:
+            classes = default_classes(seen, int_kind)
+        sch = scheme(classes, given, int_kind)
+    return _Survey(sch, list(tasks), len(workers), task_ids, worker_ids)
 
 
 # ----------------------------------------------------------------------------------
@@ -356,16 +361,15 @@ class _Checked(NamedTuple):
     first_of: np.ndarray  # int64: for a conflicting row, the position of the task's first
 
 
-def _check(src: _Source, b: _Batch, sv: _Survey, st: _State, *, update: bool) -> _Checked:
+def _check(src: _Source, i: int, b: _Batch, sv: _Survey, st: _State, *, update: bool) -> _Checked:
     """The per-row checks of a batch; with ``update``, record each task's first proposal."""
     frame = b.frame()
     cols = b.columns()
     problems = Problems(b.n)
     reject_missing(frame, cols, problems)
-    ok = ~problems.bad
-    task_ids = _ids(sv.tasks, b, "task", ok, add=False)
+    task_ids = sv.task_ids[i]
     task = task_ids[b.codes["task"]]
-    worker = _ids(sv.workers, b, "worker", ok, add=False)[b.codes["worker"]]
+    worker = sv.worker_ids[i][b.codes["worker"]]
     label, prop = reject_unknown_classes(frame, cols, problems, sv.scheme)
     at = np.flatnonzero(~problems.bad & cols.has_prop)
     first_of = np.zeros(b.n, np.int64)
@@ -480,10 +484,10 @@ def _remove_duplicates(
     if not dups.size:
         return
     first_at: dict[int, int] = {}
-    for b in _batches(src, batch_size):
+    for i, b in enumerate(_batches(src, batch_size)):
         if b.offset >= stop:
             break
-        c = _check(src, b, sv, st, update=False)
+        c = _check(src, i, b, sv, st, update=False)
         pos = np.flatnonzero(~c.problems.bad)
         keys = st.key(c.task[pos], c.worker[pos], c.label[pos], c.shown[pos])
         hit = np.isin(keys, dups)
@@ -523,19 +527,20 @@ def _remove_duplicates(
 
 def _finish(sv: _Survey, st: _State) -> Counts:
     """The counts of the used tasks, in order of first use."""
-    names = np.fromiter(sv.tasks, dtype=object, count=len(sv.tasks))
-    used = np.flatnonzero(st.first_used != _UNSET)
-    order = used[np.argsort(st.first_used[used], kind="stable")]
-    if order.shape[0] == len(names) and (order == np.arange(len(names))).all():
-        biased, unbiased, proposals = st.biased, st.unbiased, st.first_prop
+    st.keys = np.empty(0, np.uint64)  # the duplicate check is done: free its keys
+    first = st.first_used
+    if first[-1] != _UNSET and (first[1:] > first[:-1]).all():  # ids already in order
+        biased, unbiased, proposals, tasks = st.biased, st.unbiased, st.first_prop, tuple(sv.tasks)
     else:  # a task's first rows were rejected, or all of them: reorder (copies)
+        used = np.flatnonzero(first != _UNSET)
+        order = used[np.argsort(first[used], kind="stable")]
         biased, unbiased, proposals = st.biased[order], st.unbiased[order], st.first_prop[order]
-        names = names[order]
+        tasks = tuple(sv.tasks[j] for j in order.tolist())
     return Counts(
         biased=biased,
         unbiased=unbiased,
         proposals=proposals.astype(np.int32),
-        tasks=tuple(names.tolist()),
+        tasks=tasks,
         classes=tuple(sv.scheme.classes),
     )
 
@@ -606,11 +611,11 @@ def read_counts(
     src = _open(source)
     sv = _survey(src, names, batch_size)
     k = len(sv.scheme.classes)
-    st = _State(len(sv.tasks), k, len(sv.workers), src.num_rows)
+    st = _State(len(sv.tasks), k, sv.num_workers, src.num_rows)
     rejected = _Rejected()
     stop = src.num_rows
-    for b in _batches(src, batch_size):
-        c = _check(src, b, sv, st, update=True)
+    for i, b in enumerate(_batches(src, batch_size)):
+        c = _check(src, i, b, sv, st, update=True)
         rejected.add(b, c.problems)
         _add_counts(b, c, st, k)
         if on_error == "raise" and c.problems.bad.any():
