@@ -20,11 +20,15 @@ from ._experiments import budget_curves as budget_curves
 from ._experiments import check_findings as check_findings
 from ._experiments import figure3 as figure3
 from ._io import AnnotationTable as AnnotationTable
+from ._io import CountedTable as CountedTable
 from ._io import Counts as Counts
 from ._io import DCICOutput as DCICOutput
 from ._io import annotations_to_table as annotations_to_table
 from ._io import counts_to_table as counts_to_table
+from ._io import dcic_image_id as dcic_image_id
+from ._io import match_dcic_ids as match_dcic_ids
 from ._io import read_annotations as read_annotations
+from ._io import read_counts as read_counts
 from ._io import read_dcic_annotations as read_dcic_annotations
 from ._io import read_dcic_output as read_dcic_output
 from ._io import to_counts as to_counts

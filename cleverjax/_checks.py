@@ -8,7 +8,9 @@ check is never dead code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import equinox as eqx
@@ -39,17 +41,32 @@ def _first_bad(bad: Any) -> str:
     return f"{count} bad entr{'y' if count == 1 else 'ies'}, first at index {where_s}"
 
 
+def _refuse(
+    x: Array, bad: Any, message: str, detail: Callable[[np.ndarray], str] | None = None
+) -> Array:
+    """The one eager/traced branch: if any of ``bad`` holds, raise ``ValueError`` eagerly
+    (``message``, then ``detail(bad)`` or where the first bad entry is), or attach
+    ``eqx.error_if`` with ``message`` when traced. Returns ``x``, which callers must use."""
+    if is_traced(x) or is_traced(bad):
+        return eqx.error_if(x, jnp.any(bad), message)
+    bad_np = np.asarray(bad)
+    if bad_np.any():
+        raise ValueError(f"{message}{detail(bad_np) if detail else f' ({_first_bad(bad_np)})'}")
+    return x
+
+
+def _first_value(x: Any, bad: np.ndarray) -> Any:
+    """The entry of ``x`` at the first bad index."""
+    xv = np.asarray(x)
+    return xv[tuple(np.argwhere(np.atleast_1d(bad))[0])] if xv.ndim else xv
+
+
 def check_values(x: Array, bad: Array, message: str) -> Array:
     """Raise if any of ``bad`` is true: ``ValueError`` eagerly, ``eqx.error_if`` when traced.
 
     Returns ``x`` (with the runtime check attached when traced), which callers must use.
     """
-    if is_traced(x) or is_traced(bad):
-        return eqx.error_if(x, jnp.any(bad), message)
-    bad_np = np.asarray(bad)
-    if bad_np.any():
-        raise ValueError(f"{message} ({_first_bad(bad_np)})")
-    return x
+    return _refuse(x, bad, message)
 
 
 def as_float_array(name: str, x: Any, *, ndim: int | tuple[int, ...]) -> Array:
@@ -60,10 +77,7 @@ def as_float_array(name: str, x: Any, *, ndim: int | tuple[int, ...]) -> Array:
         arr = jnp.asarray(x)
     except TypeError as e:
         raise TypeError(f"`{name}` must be an array of numbers; got {type(x).__name__}") from e
-    ndims = (ndim,) if isinstance(ndim, int) else ndim
-    if arr.ndim not in ndims:
-        want = " or ".join(str(d) for d in ndims)
-        raise ValueError(f"`{name}` must have {want} dimension(s); got shape {arr.shape}")
+    _check_ndim(name, arr, ndim)
     if not (
         jnp.issubdtype(arr.dtype, jnp.floating)
         or jnp.issubdtype(arr.dtype, jnp.integer)
@@ -73,28 +87,26 @@ def as_float_array(name: str, x: Any, *, ndim: int | tuple[int, ...]) -> Array:
     return arr.astype(jnp.result_type(float))
 
 
+def _check_ndim(name: str, arr: Any, ndim: int | tuple[int, ...]) -> None:
+    ndims = (ndim,) if isinstance(ndim, int) else ndim
+    if arr.ndim not in ndims:
+        want = " or ".join(str(d) for d in ndims)
+        raise ValueError(f"`{name}` must have {want} dimension(s); got shape {arr.shape}")
+
+
 def as_int_array(name: str, x: Any, *, ndim: int | tuple[int, ...]) -> Array:
     """Convert to int32, refusing floats that are not whole numbers."""
     if isinstance(x, (str, bytes)) or x is None:
         raise TypeError(f"`{name}` must be an array of integers; got {type(x).__name__}")
     arr = jnp.asarray(x)
-    ndims = (ndim,) if isinstance(ndim, int) else ndim
-    if arr.ndim not in ndims:
-        want = " or ".join(str(d) for d in ndims)
-        raise ValueError(f"`{name}` must have {want} dimension(s); got shape {arr.shape}")
+    _check_ndim(name, arr, ndim)
     if jnp.issubdtype(arr.dtype, jnp.floating):
-        if not is_traced(arr):
-            a = np.asarray(arr)
-            bad = ~np.isfinite(a) | (a != np.round(a))
-            if bad.any():
-                first = a[tuple(np.argwhere(np.atleast_1d(bad))[0])] if a.ndim else a
-                raise ValueError(
-                    f"`{name}` must hold whole numbers; got {float(first):g} ({_first_bad(bad)})"
-                )
-        else:
-            arr = eqx.error_if(
-                arr, jnp.any(arr != jnp.round(arr)), f"`{name}` must hold whole numbers"
-            )
+        arr = _refuse(
+            arr,
+            ~jnp.isfinite(arr) | (arr != jnp.round(arr)),
+            f"`{name}` must hold whole numbers",
+            lambda b: f"; got {float(_first_value(arr, b)):g} ({_first_bad(b)})",
+        )
     elif not (jnp.issubdtype(arr.dtype, jnp.integer) or arr.dtype == jnp.bool_):
         raise TypeError(f"`{name}` must hold integers; got dtype {arr.dtype}")
     return arr.astype(jnp.int32)
@@ -105,35 +117,26 @@ def check_simplex_rows(name: str, p: Array, *, atol: float = SIMPLEX_ATOL) -> Ar
     p = check_values(p, ~jnp.isfinite(p), f"`{name}` must be finite; got NaN or inf")
     p = check_values(p, p < 0, f"`{name}` must be non-negative; got a negative probability")
     total = jnp.sum(p, axis=-1)
-    off = jnp.abs(total - 1) > atol
+
+    def detail(off: np.ndarray) -> str:
+        row = int(np.argmax(off))
+        return (
+            f"; got row {row} summing to {float(np.asarray(total)[row]):.6g} "
+            f"({int(off.sum())} such rows)"
+        )
+
     message = f"`{name}` rows must sum to 1 (within {atol:g})"
-    if not is_traced(off):
-        off_np = np.asarray(off)
-        if off_np.any():
-            row = int(np.argmax(off_np))
-            raise ValueError(
-                f"{message}; got row {row} summing to "
-                f"{float(np.asarray(total)[row]):.6g} ({int(off_np.sum())} such rows)"
-            )
-    else:
-        p = eqx.error_if(p, jnp.any(off), message)
+    p = _refuse(p, jnp.abs(total - 1) > atol, message, detail)
     return p / jnp.sum(p, axis=-1, keepdims=True)
 
 
 def check_labels(name: str, labels: Array, num_classes: int) -> Array:
     """Check that integer labels lie in [0, num_classes)."""
-    bad = (labels < 0) | (labels >= num_classes)
-    if not is_traced(bad):
-        b = np.asarray(bad)
-        if b.any():
-            first = np.argwhere(b)[0]
-            val = int(np.asarray(labels)[tuple(first)])
-            raise ValueError(
-                f"`{name}` must be class indices in [0, {num_classes}); got {val} ({_first_bad(b)})"
-            )
-        return labels
-    return eqx.error_if(
-        labels, jnp.any(bad), f"`{name}` must be class indices in [0, {num_classes})"
+    return _refuse(
+        labels,
+        (labels < 0) | (labels >= num_classes),
+        f"`{name}` must be class indices in [0, {num_classes})",
+        lambda b: f"; got {int(_first_value(labels, b))} ({_first_bad(b)})",
     )
 
 
@@ -149,22 +152,25 @@ def check_range(
     """Check ``lo <= x <= hi`` elementwise (open ends on request); also rejects NaN."""
     below = (x <= lo) if lo_open else (x < lo)
     above = (x >= hi) if hi_open else (x > hi)
-    bad = below | above | ~jnp.isfinite(x)
     left = "(" if lo_open else "["
     right = ")" if hi_open else "]"
-    lo_s = _fmt(lo)
-    hi_s = _fmt(hi)
-    if not is_traced(x) and not is_traced(bad):
-        b = np.asarray(bad)
-        if b.any():
-            xv = np.asarray(x)
-            val = xv[tuple(np.argwhere(b)[0])] if xv.ndim else xv
-            raise ValueError(
-                f"`{name}` must lie in {left}{lo_s}, {hi_s}{right}; got {float(val):.6g}"
-                + (f" ({_first_bad(b)})" if xv.ndim else "")
-            )
-        return x
-    return eqx.error_if(x, jnp.any(bad), f"`{name}` must lie in {left}{lo_s}, {hi_s}{right}")
+    message = f"`{name}` must lie in {left}{_fmt(lo)}, {_fmt(hi)}{right}"
+
+    def detail(b: np.ndarray) -> str:
+        where = f" ({_first_bad(b)})" if np.ndim(x) else ""
+        return f"; got {float(_first_value(x, b)):.6g}{where}"
+
+    return _refuse(x, below | above | ~jnp.isfinite(x), message, detail)
+
+
+def in_range(name: str, x: Array, lo: ArrayLike, hi: ArrayLike, **open_ends: bool) -> Array:
+    """``lo <= x <= hi`` (see :func:`check_range`), eagerly or under ``jit``."""
+    return check_range(name, x, lo, hi, **open_ends)
+
+
+def unit_interval(name: str, x: Array) -> Array:
+    """``0 <= x <= 1``: a probability."""
+    return check_range(name, x, 0.0, 1.0)
 
 
 def _fmt(v: ArrayLike) -> str:
@@ -174,6 +180,38 @@ def _fmt(v: ArrayLike) -> str:
         return "the bound"
     a = np.asarray(v)
     return f"{float(a):g}" if a.ndim == 0 else "the bound"
+
+
+def positive_int(name: str, value: Any) -> int:
+    """A Python or NumPy integer ``>= 1`` (not a bool), as ``int``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"`{name}` must be a positive int; got {value!r}")
+    if value < 1:
+        raise ValueError(f"`{name}` must be a positive int; got {value!r}")
+    return int(value)
+
+
+def as_path(name: str, path: Any) -> Path:
+    """A ``str`` or :class:`os.PathLike` as a :class:`~pathlib.Path`."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`{name}` must be a path (str or os.PathLike); got {type(path).__name__}")
+    return Path(path)
+
+
+def existing_file(path: Path, shown: str) -> Path:
+    """``path`` if it is a file; ``FileNotFoundError`` or ``ValueError`` naming ``shown``."""
+    if not path.exists():
+        raise FileNotFoundError(f"{shown}: no such file")
+    if not path.is_file():
+        raise ValueError(f"{shown}: not a file")
+    return path
+
+
+def existing_path(path: Path, shown: str) -> Path:
+    """``path`` if it exists (a file or a folder); else ``FileNotFoundError``."""
+    if not path.exists():
+        raise FileNotFoundError(f"{shown}: no such file or folder")
+    return path
 
 
 def check_shape(name: str, x: Array, shape: tuple[int | None, ...], *, hint: str = "") -> None:

@@ -1,6 +1,5 @@
 """Annotation I/O: long tables (CSV, Parquet, DataFrames), dense counts and DCIC's JSON."""
 
-import json
 import re
 
 import numpy as np
@@ -10,14 +9,10 @@ import pytest
 from cleverjax._io import (
     AnnotationTable,
     Counts,
-    DCICOutput,
     annotations_to_table,
     counts_to_table,
     read_annotations,
-    read_dcic_annotations,
-    read_dcic_output,
     to_counts,
-    write_dcic_output,
     write_table,
 )
 
@@ -411,180 +406,3 @@ def test_skip_with_every_row_bad_raises(tmp_path):
     path = write_csv(tmp_path, HEADER + "t1,a,dgo,\nt2,a,cta,\n")
     with pytest.raises(ValueError, match=r"all 2 rows were rejected; first: .*row 2"):
         read_annotations(path, classes=["cat"], on_error="skip")
-
-
-# ----------------------------------------------------------------------------------
-# DCIC
-# ----------------------------------------------------------------------------------
-
-
-def dcic_set(entries):
-    return {
-        "name": "INVALID42",
-        "user_mail": "INVALID",
-        "annotation_time": 0.0,
-        "dataset_name": "Pig",
-        "annotations": [
-            {"image_path": p, "class_label": c, "created_at": "01-01-2022-00-00-00"}
-            for p, c in entries
-        ],
-    }
-
-
-def write_json(tmp_path, doc, name="annotations.json"):
-    path = tmp_path / name
-    path.write_text(json.dumps(doc), encoding="utf-8")
-    return path
-
-
-def test_read_dcic_annotations(tmp_path):
-    sets = [
-        dcic_set([("Pig/b.png", "sick"), ("Pig/a.png", "healthy"), ("Pig/b.png", "sick")]),
-        dcic_set([("Pig/a.png", None), ("Pig/a.png", "healthy"), ("Pig/c.png", "sick")]),
-    ]
-    table = read_dcic_annotations(write_json(tmp_path, sets))  # no warning for null labels
-    assert_accounting(table)
-    assert table.num_rows_read == 6 and table.num_annotations == 5
-    assert table.tasks == ("Pig/b.png", "Pig/a.png", "Pig/c.png")
-    assert table.workers == ("set0", "set1")
-    assert table.classes == ("healthy", "sick")
-    assert table.rejected.values.tolist() == [[3, "class_label", "", "no class label"]]
-    counts = to_counts(table)
-    # Repeated entries of one set are separate annotations, as the benchmark counts them.
-    np.testing.assert_array_equal(counts.unbiased, [[0, 2], [2, 0], [0, 1]])
-    np.testing.assert_array_equal(counts.proposals, [-1, -1, -1])
-    fixed = read_dcic_annotations(write_json(tmp_path, sets), classes=["sick", "healthy", "x"])
-    np.testing.assert_array_equal(to_counts(fixed).unbiased, [[2, 0, 0], [0, 2, 0], [1, 0, 0]])
-
-
-@pytest.mark.parametrize(
-    "doc, match",
-    [
-        ({"annotations": []}, r"expected a JSON list of annotation sets; got an object"),
-        ([{"name": "x"}], r"set 0: missing key 'annotations'"),
-        (
-            [dcic_set([("a", "x")]), {"annotations": [{"image_path": "b"}]}],
-            r"set 1, annotation 0: missing key 'class_label'",
-        ),
-        (
-            [dcic_set([("a", "x"), ("b", "x")]) | {"annotations": [{}, {"class_label": "x"}]}],
-            r"set 0, annotation 0: missing key 'image_path'",
-        ),
-        ([dcic_set([])], r"no annotations"),
-    ],
-)
-def test_read_dcic_annotations_structure_errors(tmp_path, doc, match):
-    path = write_json(tmp_path, doc)
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: {match}"):
-        read_dcic_annotations(path)
-
-
-def test_read_dcic_annotations_bad_json_and_unknown_class(tmp_path):
-    broken = tmp_path / "broken.json"
-    broken.write_text('[{"annotations": [', encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{re.escape(str(broken))}: not valid JSON"):
-        read_dcic_annotations(broken)
-    path = write_json(tmp_path, [dcic_set([("a", "x")]), dcic_set([("a", "x"), ("b", "y")])])
-    pattern = rf"{re.escape(str(path))}, set 1, annotation 1, key 'class_label': 'y' is not a"
-    with pytest.raises(ValueError, match=pattern):
-        read_dcic_annotations(path, classes=["x"])
-    with pytest.warns(UserWarning, match="rejected 1 of 3 rows"):
-        table = read_dcic_annotations(path, classes=["x"], on_error="skip")
-    assert table.num_annotations == 2 and table.rejected["row"].tolist() == [2]
-
-
-def test_dcic_output_round_trip(tmp_path):
-    p = np.array([[0.7, 0.2, 0.1], [0.0, 0.0, 1.0]])
-    path = tmp_path / "out" / "Pig-2.json"
-    write_dcic_output(
-        path,
-        dataset_name="Pig",
-        v_fold=2,
-        classes=list(CLASSES),
-        paths=["Pig/a.png", "Pig/b.png"],
-        soft_labels=p,
-        splits=["train", "val"],
-        budget=3,
-        weighted_budget=1.5,
-    )
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    assert set(raw) == {"name", "v_fold", "classes", "budget", "weighted_budget", "images"}
-    assert raw["images"][1] == {
-        "path": "Pig/b.png",
-        "split": "val",
-        "gt_verbose": "fox",
-        "gt": 2,
-        "soft_gt": [0.0, 0.0, 1.0],
-        "info": {},
-    }
-    out = read_dcic_output(path)
-    assert isinstance(out, DCICOutput)
-    assert (out.name, out.v_fold, out.classes) == ("Pig", 2, CLASSES)
-    assert out.paths == ("Pig/a.png", "Pig/b.png") and out.splits == ("train", "val")
-    assert (out.budget, out.weighted_budget) == (3.0, 1.5)
-    np.testing.assert_array_equal(out.soft_labels, p)
-
-
-@pytest.mark.parametrize("v_fold", [0, 6, -1])
-def test_dcic_output_rejects_bad_v_fold(tmp_path, v_fold):
-    path = tmp_path / "fold.json"
-    with pytest.raises(ValueError, match=rf"`v_fold` must be an int from 1 to 5; got {v_fold}"):
-        write_dcic_output(
-            path, dataset_name="Pig", v_fold=v_fold, classes=["a"], paths=["x"], soft_labels=[[1]]
-        )
-    assert not path.exists()
-
-
-@pytest.mark.parametrize(
-    "soft, match",
-    [
-        ([[0.5, 0.5], [0.5, 0.6]], r"`soft_labels` row 1 \(path 'y'\) does not sum to 1"),
-        ([[0.5, 0.5], [1.5, -0.5]], r"`soft_labels` row 1 \(path 'y'\) has a negative entry"),
-        ([[np.nan, 0.5], [0.5, 0.5]], r"`soft_labels` row 0 \(path 'x'\) is not finite"),
-        ([[0.5, 0.5]], r"`soft_labels` must have shape \(2, 2\)"),
-    ],
-)
-def test_dcic_output_rejects_bad_soft_labels(tmp_path, soft, match):
-    with pytest.raises(ValueError, match=match):
-        write_dcic_output(
-            tmp_path / "fold.json",
-            dataset_name="Pig",
-            v_fold=1,
-            classes=["a", "b"],
-            paths=["x", "y"],
-            soft_labels=np.array(soft),
-        )
-
-
-def test_read_dcic_output_errors_and_unknown_rows(tmp_path):
-    good = {
-        "name": "Pig",
-        "v_fold": 1,
-        "classes": ["a", "b"],
-        "budget": 0,
-        "weighted_budget": 0,
-        "images": [
-            {"path": "x", "split": "train", "soft_gt": [0.25, 0.75]},
-            {"path": "y", "split": "test", "soft_gt": []},
-        ],
-    }
-    out = read_dcic_output(write_json(tmp_path, good, "good.json"))
-    np.testing.assert_array_equal(out.soft_labels[0], [0.25, 0.75])
-    assert np.isnan(out.soft_labels[1]).all()
-    cases = [
-        ({k: v for k, v in good.items() if k != "budget"}, r"missing key 'budget'"),
-        (good | {"v_fold": 7}, r"'v_fold' must be an int from 1 to 5; got 7"),
-        (good | {"images": [{"path": "x", "split": "train"}]}, r"image 0: missing key 'soft_gt'"),
-        (
-            good | {"images": [{"path": "x", "split": "train", "soft_gt": [1.0]}]},
-            r"image 0, key 'soft_gt': expected a list of 2 numbers",
-        ),
-        (
-            good | {"images": good["images"][:1] * 2},
-            r"image 1: path 'x' repeats image 0",
-        ),
-    ]
-    for i, (doc, match) in enumerate(cases):
-        path = write_json(tmp_path, doc, f"bad{i}.json")
-        with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: {match}"):
-            read_dcic_output(path)
