@@ -288,3 +288,26 @@ def test_plot_writes_a_png(tmp_path, capsys):
     assert (out / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, res = _run(["plot", str(tmp_path / "nowhere")], capsys)
     assert code == 2 and "results.parquet" in res.err
+
+
+@pytest.mark.parametrize("argv", [["study"], ["study", "run"], ["study", "plot"]])
+def test_help_has_an_example(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    assert "example:" in capsys.readouterr().out
+
+
+def test_reproduce_fig3_resumes_in_its_folder(tmp_path, capsys, monkeypatch):
+    argv = ["reproduce", "fig3", "--preset", "Turkey", "--images", "200", "--out"]
+    argv += [str(tmp_path / "fig3"), "--annotations", "1", "10", "--deltas", "0.1", "0.4"]
+    assert main(argv) == 0
+    first = pd.read_csv(tmp_path / "fig3" / "fig3_table.csv")
+    assert len(first) == 2 * 2 * 8  # deltas x N x (Figure 3a's methods and Table 2's CB)
+    calls = []
+    monkeypatch.setattr(study_run, "score_cell", lambda *a: calls.append(a))
+    assert main(argv) == 0
+    assert calls == []
+    again = pd.read_csv(tmp_path / "fig3" / "fig3_table.csv")
+    pd.testing.assert_frame_equal(_numbers(first), _numbers(again))
+    capsys.readouterr()

@@ -331,7 +331,12 @@ def run_study(
     _check_folder(study, folder, force)
     parts = folder / "parts"
     parts.mkdir(parents=True, exist_ok=True)
-    for stale in parts.glob(".*.tmp"):  # left by a run killed mid-write
+    # Temporary files left by a run killed mid-write.
+    for stale in [
+        *parts.glob(".*.tmp"),
+        *folder.glob(".results.*.tmp"),
+        *folder.glob(".study.*.tmp"),
+    ]:
         stale.unlink(missing_ok=True)
     record = {"digest": study.digest(), "source": study.source, "study": study.normalised()}
     _atomic(folder / "study.json", lambda f: f.write_text(json.dumps(record, indent=2)))
