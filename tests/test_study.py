@@ -25,7 +25,7 @@ deltas = [0.1, 0.3]
 annotations = [1, 3, 10]
 seeds = [0, 1]
 methods = ["SPA", "CleverLabel", "CleverLabel+GT delta"]
-calibration_images = 20
+calibration_images = 100
 """
 
 
@@ -195,7 +195,7 @@ BAD = [
     ("not toml", TINY + "deltas = [\n", "", "not a valid TOML"),
     (
         "too many cal",
-        TINY.replace("images = 20\n", "images = 500\n"),
+        TINY.replace("images = 100\n", "images = 500\n"),
         "`calibration_images`",
         "at most 200",
     ),
@@ -218,7 +218,7 @@ def test_bad_study_is_one_line_naming_file_and_key(tmp_path, capsys, case, text,
             "text": lambda: (tmp_path / "c.npy").write_text("1,2\n3,4\n") and "c.npy",
         }.get(kind, lambda: kind)()
         text = TINY.replace('{ preset = "Turkey", images = 200 }', f'{{ counts = "{name}" }}')
-        text = text.replace("calibration_images = 20", "calibration_images = 1")
+        text = text.replace("calibration_images = 100", "calibration_images = 1")
     study = _write(tmp_path, text)
     out = tmp_path / "out"
     code, res = _run(["run", str(study), "--out", str(out)], capsys)
@@ -254,7 +254,7 @@ def test_bayes_rows_carry_the_fit(tmp_path, monkeypatch):
     assert (bayes["delta_lower"] == 0.2).all() and (bayes["delta_upper"] == 0.3).all()
     assert bayes["converged"].all() and (bayes["kl"] == 0).all()
     assert seen["max_steps"] == 7 and seen["num_ppc_replicates"] == 0
-    assert seen["calibration"] == 20
+    assert seen["calibration"] == 100
 
 
 @pytest.mark.slow

@@ -57,12 +57,12 @@ def figure3_study(
 
 def figure3_result(table: pd.DataFrame, seconds: float) -> Figure3:
     """A :class:`cleverjax.Figure3` from the table of :func:`figure3_study`'s run."""
-    scored = table[table["method"] != "Bayes"]
+    scored = table.loc[table["method"] != "Bayes"]
     medians_all = _medians(scored)
     return Figure3(
         table=table,
-        medians=medians_all[list(FIGURE3_METHODS)],
-        ablation=medians_all[list(TABLE2_METHODS)],
+        medians=medians_all.loc[:, list(FIGURE3_METHODS)],
+        ablation=medians_all.loc[:, list(TABLE2_METHODS)],
         budget=budget_curves(medians_all),
         seconds=seconds,
     )

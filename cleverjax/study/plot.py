@@ -52,9 +52,9 @@ def plot_study(
     for i, truth in enumerate(truths):
         for j, delta in enumerate(deltas):
             ax = axes[i, j]
-            panel = table[(table["truth"] == truth) & (table["delta"] == delta)]
+            panel = table.loc[(table["truth"] == truth) & (table["delta"] == delta)]
             for method in methods:
-                rows = panel[panel["method"] == method]
+                rows = panel.loc[panel["method"] == method]
                 stats = rows.groupby("num_annotations")[column].agg(["mean", "min", "max"])
                 style = _STYLE.get(method, _BAYES_STYLE if method == "Bayes" else {})
                 ax.plot(stats.index, stats["mean"], marker="o", markersize=3, label=method, **style)

@@ -250,7 +250,7 @@ def _typed(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write(tmp)
@@ -292,9 +292,9 @@ def ordered(table: pd.DataFrame, study: Study) -> pd.DataFrame:
     method_rank = {m: i for i, m in enumerate(study.methods)}
     keys = pd.DataFrame(
         {
-            "_truth": table["truth"].map(truth_rank),
+            "_truth": table["truth"].map(truth_rank.__getitem__),
             **{s: table[s] for s in _SETTINGS},
-            "_method": table["method"].map(method_rank),
+            "_method": table["method"].map(method_rank.__getitem__),
             "_seed": table["seed"],
         }
     )
