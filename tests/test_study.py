@@ -311,3 +311,12 @@ def test_reproduce_fig3_resumes_in_its_folder(tmp_path, capsys, monkeypatch):
     again = pd.read_csv(tmp_path / "fig3" / "fig3_table.csv")
     pd.testing.assert_frame_equal(_numbers(first), _numbers(again))
     capsys.readouterr()
+
+
+@pytest.mark.x64
+def test_study_in_float64(tmp_path):
+    if not jax.config.jax_enable_x64:
+        pytest.skip("run with JAX_ENABLE_X64=1")
+    text = TINY.replace("[0.1, 0.3]", "[0.3]").replace("[1, 3, 10]", "[3]")
+    table = run_study(load_study(_write(tmp_path, text)), tmp_path / "out")
+    assert len(table) == 2 * 3 and np.isfinite(table["kl"]).all()

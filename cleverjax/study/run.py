@@ -77,6 +77,7 @@ _SETTINGS = ("delta", "num_annotations", "calibration_images", "calibration_anno
 @jax.jit
 def _scores(p, rho, biased, unbiased, matrix, true_delta, one_star, mu, bc_delta) -> Array:
     """(method, [paper KL, exact KL]) for the closed-form methods, in ``_ALL_METHODS`` order."""
+    rho = rho.astype(jnp.result_type(int))  # argmax's dtype, which CB's row choice mixes in
     gt = _soft(unbiased)
     spa = _soft(biased)
     estimates = (
