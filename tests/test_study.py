@@ -320,3 +320,23 @@ def test_study_in_float64(tmp_path):
     text = TINY.replace("[0.1, 0.3]", "[0.3]").replace("[1, 3, 10]", "[3]")
     table = run_study(load_study(_write(tmp_path, text)), tmp_path / "out")
     assert len(table) == 2 * 3 and np.isfinite(table["kl"]).all()
+
+
+def test_several_truths_keep_their_names_and_order(tmp_path, capsys):
+    counts = np.random.default_rng(0).multinomial(20, [0.6, 0.3, 0.1], size=200)
+    _counts_file(tmp_path, counts)
+    truths = '[{ preset = "Turkey", images = 200 }, { counts = "counts.npy", name = "a" }, '
+    truths += '{ counts = "counts.npy", name = "b" }]'
+    text = TINY.replace('{ preset = "Turkey", images = 200 }', truths).replace("[0, 1]", "[0]")
+    study = _write(tmp_path, text)
+    out = tmp_path / "out"
+    assert _run(["run", str(study), "--out", str(out), "--quiet"], capsys)[0] == 0
+    table = pd.read_parquet(out / "results.parquet")
+    assert list(dict.fromkeys(table["truth"])) == ["Turkey", "a", "b"]
+    a, b = (table[table["truth"] == t].reset_index(drop=True) for t in "ab")
+    # Same content and seed: same numbers, yet separate cells.
+    pd.testing.assert_frame_equal(
+        _numbers(a).drop(columns=["truth", "cell"]), _numbers(b).drop(columns=["truth", "cell"])
+    )
+    assert not set(a["cell"]) & set(b["cell"])
+    assert _run(["plot", str(out)], capsys)[0] == 0

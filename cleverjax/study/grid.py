@@ -39,7 +39,7 @@ def cells(study: Study) -> list[Cell]:
     """All cells of a study, in the canonical order of the final table.
 
     The id hashes the cell's settings together with everything else that changes its
-    numbers (truth digest, accuracy, 1*, mu, methods and their options), so a part file
+    rows (truth name and digest, accuracy, 1*, mu, methods and their options), so a part file
     written for an id is valid for any study that produces that id.
     """
     shared = {
@@ -60,7 +60,7 @@ def cells(study: Study) -> list[Cell]:
     ):
         settings = {
             **shared,
-            "truth": study.truths[t].digest,
+            "truth": [study.truths[t].name, study.truths[t].digest],
             "delta": d,
             "num_annotations": n,
             "calibration_images": ci,

@@ -352,11 +352,11 @@ def run_study(
         file=sys.stderr,
         disable=not progress,
     )
-    devices: dict[int, Array] = {}
+    on_device: dict[int, Array] = {}
     for cell in todo:
-        if cell.truth not in devices:
-            devices[cell.truth] = jnp.asarray(study.truths[cell.truth].p, jnp.result_type(float))
-        rows = score_cell(study, cell, devices[cell.truth])
+        if cell.truth not in on_device:
+            on_device[cell.truth] = jnp.asarray(study.truths[cell.truth].p, jnp.result_type(float))
+        rows = score_cell(study, cell, on_device[cell.truth])
         _atomic(parts / f"{cell.id}.parquet", lambda f: rows.to_parquet(f, index=False))
         bar.update()
     bar.close()
