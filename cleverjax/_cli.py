@@ -345,25 +345,15 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    import jax
-
     import cleverjax as cj
 
-    p, name, _ = _ground_truth(args)
+    from .study.cli import reproduce_fig3
+
+    p, name, result = reproduce_fig3(args, progress=_interactive())  # a resumable study
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     print(
         f"reproduce fig3 on {name}: {p.shape[0]} images, {p.shape[1]} classes, deltas "
         f"{args.deltas}, N {args.annotations}, {args.seeds} seed(s)"
-    )
-    result = cj.figure3(
-        jax.random.key(args.seed),
-        p,
-        accuracy=args.accuracy,
-        deltas=args.deltas,
-        num_annotations=args.annotations,
-        num_seeds=args.seeds,
-        progress=_interactive(),
     )
     result.table.to_csv(out / "fig3_table.csv", index=False)
     result.medians.to_csv(out / "fig3_medians.csv")
@@ -580,6 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plot", default="cleverjax-demo.png", help="plot to write (PNG)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
+
+    from .study.cli import add_parser as add_study_parser
+
+    add_study_parser(sub)
     return parser
 
 
