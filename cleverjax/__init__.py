@@ -58,6 +58,7 @@ from .bayes import FitResult as FitResult
 from .bayes import IdentifiabilityWarning as IdentifiabilityWarning
 from .bayes import PosteriorPredictive as PosteriorPredictive
 from .bayes import Prior as Prior
+from .bayes import StageSeconds as StageSeconds
 from .bayes import default_adam as default_adam
 from .bayes import exact_delta_posterior as exact_delta_posterior
 from .bayes import fit as fit

@@ -17,6 +17,7 @@ from .exact import DeltaPosterior as DeltaPosterior
 from .exact import exact_delta_posterior as exact_delta_posterior
 from .fitting import FitResult as FitResult
 from .fitting import IdentifiabilityWarning as IdentifiabilityWarning
+from .fitting import StageSeconds as StageSeconds
 from .fitting import fit as fit
 from .likelihood import Prior as Prior
 from .model import spa_model as spa_model

@@ -13,6 +13,7 @@ prior of delta instead of a confident but unsupported number.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -55,6 +56,16 @@ class IdentifiabilityWarning(UserWarning):
     """The data carry too little calibration information to identify delta."""
 
 
+class StageSeconds(NamedTuple):
+    """Wall time of each stage of :func:`fit`, compilation included (seconds)."""
+
+    prepare: float
+    optimise: float
+    draws: float
+    summaries: float
+    check: float
+
+
 class FitResult(NamedTuple):
     """Result of :func:`fit`.
 
@@ -79,6 +90,7 @@ class FitResult(NamedTuple):
         method: ``"svi"`` or ``"nuts"``.
         seconds: wall time, compilation included.
         step_seconds: wall time of one optimiser step, compilation excluded.
+        stage_seconds: wall time of each stage (see :class:`StageSeconds`).
     """
 
     delta: float
@@ -99,6 +111,7 @@ class FitResult(NamedTuple):
     method: str
     seconds: float
     step_seconds: float
+    stage_seconds: StageSeconds
 
     def to_dict(self) -> dict[str, Any]:
         """The scalar results as plain Python values (JSON-ready): delta, 1*, their
@@ -116,6 +129,7 @@ class FitResult(NamedTuple):
             "steps": int(self.losses.shape[0]),
             "seconds": self.seconds,
             "step_seconds": self.step_seconds,
+            "stage_seconds": self.stage_seconds._asdict(),
             "images": int(self.posterior_mean.shape[0]),
             "classes": int(self.posterior_mean.shape[1]),
         }
@@ -207,6 +221,14 @@ def initial_prior(prep: Prepared, config: ModelConfig) -> Prior:
     )
 
 
+@functools.lru_cache(maxsize=32)
+def _svi(config: ModelConfig, optimizer) -> SVI:
+    """One SVI object per model configuration and optimizer, so that compiled programs
+    are reused by later fits in the process."""
+    transform = optax.sgd(0.0) if optimizer is None else optimizer  # L-BFGS: unused
+    return SVI(spa_model, global_guide, transform, QuadratureELBO(), config=config)
+
+
 def _optimise(
     key, prep: Prepared, config: ModelConfig, init: Prior, devices, settings: dict
 ) -> tuple[Optimized, Any]:
@@ -223,12 +245,9 @@ def _optimise(
     optimizer = settings["optimizer"]
     common = dict(max_steps=settings["max_steps"], tolerance=settings["tolerance"], scale=scale)
     kwargs = {"init": init}
-    if optimizer is None:
-        svi = SVI(spa_model, global_guide, optax.sgd(0.0), QuadratureELBO(), config=config)
-        out = run_lbfgs(svi, k_opt, (data,), kwargs, progress=settings["progress"], **common)
-    else:
-        svi = SVI(spa_model, global_guide, optimizer, QuadratureELBO(), config=config)
-        out = run_svi(svi, k_opt, (data,), kwargs, progress=settings["progress"], **common)
+    run = run_lbfgs if optimizer is None else run_svi
+    svi = _svi(config, optimizer)
+    out = run(svi, k_opt, (data,), kwargs, progress=settings["progress"], **common)
     return out, data
 
 
@@ -465,10 +484,18 @@ def fit(
     )
     k_opt, k_draw, k_int, k_ppc, k_mcmc = jax.random.split(kd, 5)
     init = initial_prior(prep, config)
+    clock = [time.perf_counter()]
+
+    def lap() -> float:
+        clock.append(time.perf_counter())
+        return clock[-1] - clock[-2]
+
+    prepare_s = clock[0] - start
 
     # 1. The prior and the variational posterior of the globals.
     opt, _ = _optimise(k_opt, prep, config, init, devs, settings)
-    prior = prior_from_params(opt.params, config)
+    prior = jax.block_until_ready(prior_from_params(opt.params, config))
+    optimise_s = lap()
 
     # 2. Draws of the globals.
     if cal_images == 0:
@@ -477,7 +504,8 @@ def fit(
         all_deltas, all_stars = _nuts_draws(k_mcmc, prep, opt.params, config, init, settings)
     else:
         all_deltas, all_stars = _global_draws(k_draw, opt.params, 4000, config)
-    deltas, stars = stratified(all_deltas, all_stars, int(num_draws))
+    deltas, stars = jax.block_until_ready(stratified(all_deltas, all_stars, int(num_draws)))
+    draws_s = lap()
 
     # 3. Every image's posterior.
     data = shard_rows(pad(prep.data, len(devs)), devs)
@@ -494,6 +522,8 @@ def fit(
         devices=devs,
     )
     rows = jnp.asarray(prep.inverse)
+    posterior_mean = jax.block_until_ready(mean[rows])
+    summaries_s = lap()
 
     # 4. The predictive check.
     check = None
@@ -512,12 +542,13 @@ def fit(
             num_terms=config.num_terms,
             num_replicates=int(num_ppc_replicates),
         )
+    check_s = lap()
     return FitResult(
         delta=float(jnp.mean(all_deltas)),
         delta_interval=_interval(all_deltas, level),
         one_star=float(jnp.mean(all_stars)),
         one_star_interval=_interval(all_stars, level),
-        posterior_mean=mean[rows],
+        posterior_mean=posterior_mean,
         lower=lower[rows],
         upper=upper[rows],
         level=float(level),
@@ -531,4 +562,5 @@ def fit(
         method=method,
         seconds=time.perf_counter() - start,
         step_seconds=opt.step_seconds,
+        stage_seconds=StageSeconds(prepare_s, optimise_s, draws_s, summaries_s, check_s),
     )

@@ -9,6 +9,7 @@ with a :class:`ConvergenceWarning` when the budget runs out, and raise
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 import warnings
@@ -105,6 +106,41 @@ def _run_chunks(run_chunk, state, *, max_steps: int, chunk: int, converged_fn, p
     return state, np.concatenate(losses), converged, sum(timed) / (len(timed) * chunk)
 
 
+@functools.lru_cache(maxsize=32)
+def _lbfgs_programs(svi: SVI, chunk: int):
+    """Compiled programs of :func:`run_lbfgs` for one SVI object, made once, so that fits
+    with the same model settings and padded shapes reuse them within a process."""
+    opt = optax.lbfgs()
+
+    def objective(u, key, a, kw):
+        return svi.loss.loss(
+            key, svi.constrain_fn(u), svi.model, svi.guide, *a, **kw, **svi.static_kwargs
+        )
+
+    @jax.jit
+    def start(key, a, kw):
+        state = svi.init(key, *a, **kw)
+        u = svi.optim.get_params(state.optim_state)
+        return u, opt.init(u)
+
+    @jax.jit
+    def run_chunk(carry, key, a, kw):
+        def f(u):
+            return objective(u, key, a, kw)
+
+        value_and_grad = optax.value_and_grad_from_state(f)
+
+        def body(c, _):
+            u, st = c
+            value, grad = value_and_grad(u, state=st)
+            updates, st = opt.update(grad, st, u, value=value, grad=grad, value_fn=f)
+            return (optax.apply_updates(u, updates), st), value
+
+        return jax.lax.scan(body, carry, None, length=chunk)
+
+    return start, run_chunk, jax.jit(lambda u: svi.constrain_fn(u))
+
+
 def run_lbfgs(
     svi: SVI,
     key,
@@ -122,34 +158,11 @@ def run_lbfgs(
 
     Converged when a chunk of ``chunk`` iterations lowered the loss by less than
     ``tolerance * scale`` nats (``scale``: the number of images, so the tolerance is per
-    image), or the gradient vanished.
+    image).
     """
+    start, run_chunk, constrain = _lbfgs_programs(svi, chunk)
     with lenient_promotion():
-        state = jax.jit(lambda k, a, kw: svi.init(k, *a, **kw))(key, args, kwargs)
-    unconstrained = svi.optim.get_params(state.optim_state)
-    constrain = svi.constrain_fn
-
-    def objective(u, a, kw):
-        return svi.loss.loss(key, constrain(u), svi.model, svi.guide, *a, **kw, **svi.static_kwargs)
-
-    opt = optax.lbfgs()
-
-    @jax.jit
-    def run_chunk(carry, a, kw):
-        def f(u):
-            return objective(u, a, kw)
-
-        value_and_grad = optax.value_and_grad_from_state(f)
-
-        def body(c, _):
-            u, st = c
-            value, grad = value_and_grad(u, state=st)
-            updates, st = opt.update(grad, st, u, value=value, grad=grad, value_fn=f)
-            return (optax.apply_updates(u, updates), st), value
-
-        return jax.lax.scan(body, carry, None, length=chunk)
-
-    carry = (unconstrained, opt.init(unconstrained))
+        carry = start(key, args, kwargs)
 
     def converged_fn(losses):
         if len(losses) < 2:
@@ -157,7 +170,7 @@ def run_lbfgs(
         return bool(losses[-2][-1] - losses[-1][-1] < tolerance * scale)
 
     carry, losses, converged, step_seconds = _run_chunks(
-        lambda c: run_chunk(c, args, kwargs),
+        lambda c: run_chunk(c, key, args, kwargs),
         carry,
         max_steps=max_steps,
         chunk=chunk,
@@ -167,7 +180,9 @@ def run_lbfgs(
     )
     if not converged:
         _warn_unconverged(max_steps, "raise `max_steps`")
-    return Optimized(constrain(carry[0]), losses, converged, step_seconds)
+    with lenient_promotion():
+        params = constrain(carry[0])
+    return Optimized(params, losses, converged, step_seconds)
 
 
 def run_svi(
