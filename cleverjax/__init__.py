@@ -10,6 +10,8 @@ from ._correction import estimate_class_matrix as estimate_class_matrix
 from ._correction import estimate_delta as estimate_delta
 from ._correction import sample_annotations as sample_annotations
 from ._correction import soft_labels as soft_labels
+from ._errors import CleverjaxError as CleverjaxError
+from ._errors import InputError as InputError
 from ._experiments import FIGURE3_METHODS as FIGURE3_METHODS
 from ._experiments import TABLE2_METHODS as TABLE2_METHODS
 from ._experiments import Figure3 as Figure3
