@@ -2,7 +2,9 @@
 
 from ._correction import Calibration as Calibration
 from ._correction import DeltaEstimate as DeltaEstimate
+from ._correction import EmptyRowsWarning as EmptyRowsWarning
 from ._correction import bias_correction as bias_correction
+from ._correction import calibration_images_to_fill as calibration_images_to_fill
 from ._correction import calibration_sample as calibration_sample
 from ._correction import class_blending as class_blending
 from ._correction import cleverlabel as cleverlabel
