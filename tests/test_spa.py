@@ -577,8 +577,10 @@ def test_traced_bad_input_raises_at_runtime():
     def f(q):
         return cj.biased_distribution(q, jnp.array([0]), delta=0.1)
 
-    with pytest.raises(Exception, match="rows must sum to 1"):
+    with pytest.raises(jax.errors.JaxRuntimeError, match="rows must sum to 1"):
         jax.block_until_ready(f(p))
+    # Negative control: the same compiled function accepts a valid row.
+    jax.block_until_ready(f(jnp.array([[0.4, 0.6]])))
 
 
 # --------------------------------------------------------------------------- presets
