@@ -246,6 +246,12 @@ def _simulate(args: argparse.Namespace) -> int:
 
     import cleverjax as cj
 
+    # Checked before any simulation, so a typo fails at once.
+    if not 0 < args.one_star <= 1 or not 0 <= args.delta < args.one_star:
+        raise InputError(
+            f"--delta and --one-star must satisfy 0 <= delta < one_star <= 1; got delta "
+            f"{args.delta}, one_star {args.one_star}"
+        )
     p, name, info = _ground_truth(args)
     n, k = p.shape
     classes = list(info.classes) if info is not None else [str(c) for c in range(k)]
