@@ -86,11 +86,10 @@ def run_demo(
         f"{accuracy}; {len(jax.devices())} {jax.devices()[0].platform} device(s)\n"
     )
     print("1. SPA engine: share of annotations on the proposal, measured vs closed form")
-    k_check, k_speed = jax.random.split(k_check)
     spa = spa_check(k_check, p, rho)
     with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
         print(spa.to_string(index=False))
-    speed = engine_speed(k_speed, p, rho, annotations=speed_annotations)
+    speed = engine_speed(jax.random.fold_in(k_check, 10**6), p, rho, annotations=speed_annotations)
     print(
         f"speed: {speed.annotations_per_s:.3g} annotations/s annotation by annotation "
         f"({speed.images} images x {speed.annotations_per_image} annotations, compiled, "
