@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -207,6 +208,40 @@ def test_warnings_go_to_standard_error(tmp_path, capsys):
     assert captured.out.startswith("task,") and "warning" not in captured.out
 
 
+def test_fit_passes_the_table_to_the_model_and_writes_its_results(simulated, monkeypatch):
+    # The command's plumbing, with the model replaced; the real fit runs in the slow test
+    # below, in the demo's test and in test_model.
+    folder, table_path, _ = simulated
+    seen = {}
+
+    def fake_fit(key, biased, proposals, *, unbiased_counts, probe, **kwargs):
+        seen.update(biased=np.asarray(biased), unbiased=np.asarray(unbiased_counts), **kwargs)
+        n, k = biased.shape
+        return SimpleNamespace(
+            posterior_mean=np.full((n, k), 1 / k),
+            delta=0.3,
+            delta_interval=(0.25, 0.35),
+            one_star=0.99,
+            identified=True,
+            converged=True,
+            losses=np.zeros(7),
+            ppc=None,
+            level=0.9,
+            seconds=1.5,
+        )
+
+    monkeypatch.setattr(cj, "fit", fake_fit)
+    out, summary = folder / "fake.csv", folder / "fake.json"
+    argv = ["fit", str(table_path), "--out", str(out), "--summary", str(summary)]
+    assert main([*argv, "--delta-from", "all"]) == 0
+    assert seen["biased"].sum() == 400 * 8 and seen["unbiased"].sum() == 80 * 10
+    assert seen["delta_from"] == "all" and seen["one_star"] == 0.99
+    assert len(pd.read_csv(out)) == 400
+    info = json.loads(summary.read_text())
+    assert info["delta_interval"] == [0.25, 0.35] and info["steps"] == 7
+
+
+@pytest.mark.slow
 def test_fit_writes_labels_and_summary(simulated):
     folder, table_path, truth_path = simulated
     out, summary = folder / "bayes.parquet", folder / "fit.json"
