@@ -4,7 +4,9 @@ from . import _cache
 from . import distributed as distributed
 from ._correction import Calibration as Calibration
 from ._correction import DeltaEstimate as DeltaEstimate
+from ._correction import EmptyRowsWarning as EmptyRowsWarning
 from ._correction import bias_correction as bias_correction
+from ._correction import calibration_images_to_fill as calibration_images_to_fill
 from ._correction import calibration_sample as calibration_sample
 from ._correction import class_blending as class_blending
 from ._correction import cleverlabel as cleverlabel
@@ -12,6 +14,8 @@ from ._correction import estimate_class_matrix as estimate_class_matrix
 from ._correction import estimate_delta as estimate_delta
 from ._correction import sample_annotations as sample_annotations
 from ._correction import soft_labels as soft_labels
+from ._errors import CleverjaxError as CleverjaxError
+from ._errors import InputError as InputError
 from ._experiments import FIGURE3_METHODS as FIGURE3_METHODS
 from ._experiments import TABLE2_METHODS as TABLE2_METHODS
 from ._experiments import Figure3 as Figure3

@@ -1,4 +1,13 @@
-"""The ``cleverjax`` command line: simulate, correct, fit, reproduce, bench and demo."""
+"""The ``cleverjax`` command line: simulate, correct, fit, reproduce, bench and demo.
+
+Conventions: a table goes to standard output when ``--out`` is omitted or ``-``; progress,
+notes and warnings go to standard error. Errors in the user's input (the library's
+``ValueError`` s, :class:`cleverjax.CleverjaxError`, files that cannot be read or written)
+exit with status 2 and one line; anything else is a bug and keeps its traceback.
+
+A subcommand is a function that adds its parser (see :func:`add_command`) and is listed in
+:data:`COMMANDS`.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +16,24 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+
+from ._errors import CleverjaxError, InputError
+
+STDOUT = "-"
+"""``--out -`` (the default for tables) writes to standard output."""
+
+USER_ERRORS = (CleverjaxError, ValueError, OSError)
+"""What the command line reports as a one-line user error. The library's validation
+raises ``ValueError`` (of which :class:`cleverjax.InputError` is one) naming the argument,
+file, row or column; ``OSError`` covers files that cannot be read or written."""
 
 EXAMPLES = {
     "simulate": "  cleverjax simulate --preset Turkey --delta 0.3 --annotations 10 "
     "--out turkey.csv --truth turkey-truth.npy",
-    "correct": "  cleverjax correct turkey.csv --out turkey-cleverlabel.csv",
+    "correct": "  cleverjax correct turkey.csv --out turkey-cleverlabel.csv\n"
+    "  cleverjax correct turkey.csv --rejected skipped.csv | head",
     "fit": "  cleverjax fit turkey.csv --out turkey-bayes.csv --summary turkey-fit.json",
     "reproduce": "  cleverjax reproduce fig3 --preset Turkey --out out/turkey\n"
     "  cleverjax reproduce fig3 --counts cifar10h-counts.npy --out out/cifar10h",
@@ -34,6 +55,20 @@ def _use_all_cpu_cores() -> None:
 
 def _interactive() -> bool:
     return sys.stderr.isatty()
+
+
+def _note(message: str) -> None:
+    """Progress and notes: standard error, so standard output stays the table."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _warn(message: str) -> None:
+    _note(f"warning: {message}")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as one line on standard error, without the source location."""
+    _warn(str(message))
 
 
 def _pandas_display():
@@ -60,24 +95,24 @@ def _read_matrix(path: str, what: str):
         elif file.suffix == ".csv":
             array = np.loadtxt(file, delimiter=",", ndmin=2)
         else:
-            raise ValueError(
+            raise InputError(
                 f"{path}: expected a .npy or .csv file of {what}; got suffix {file.suffix!r}"
             )
     except (ValueError, OSError) as err:
         if str(err).startswith(str(path)):
             raise
-        raise ValueError(f"{path}: not a readable {what} array ({err})") from err
+        raise InputError(f"{path}: not a readable {what} array ({err})") from err
     if array.ndim != 2 or array.shape[1] < 2:
-        raise ValueError(
+        raise InputError(
             f"{path}: expected a 2-D (images, classes) array with at least 2 "
             f"classes; got shape {array.shape}"
         )
     if not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"{path}: expected numbers; got dtype {array.dtype}")
+        raise InputError(f"{path}: expected numbers; got dtype {array.dtype}")
     bad = ~np.isfinite(array) | (array < 0)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise ValueError(
+        raise InputError(
             f"{path}: row {r}, column {c}: expected a finite non-negative number; got {array[r, c]}"
         )
     return array
@@ -91,7 +126,7 @@ def _read_counts_file(path: str):
     frac = counts != np.round(counts)
     if frac.any():
         r, c = np.argwhere(frac)[0]
-        raise ValueError(
+        raise InputError(
             f"{path}: row {r}, column {c}: counts must be whole numbers; got {counts[r, c]}"
         )
     return counts.astype(np.int64)
@@ -109,7 +144,7 @@ def _ground_truth(args: argparse.Namespace):
         totals = counts.sum(axis=1, keepdims=True)
         if (totals == 0).any():
             row = int(np.argmax(totals[:, 0] == 0))
-            raise ValueError(
+            raise InputError(
                 f"{args.counts}: row {row} has no annotations; every image needs "
                 f"at least one to define its ground truth"
             )
@@ -119,7 +154,7 @@ def _ground_truth(args: argparse.Namespace):
         off = np.abs(soft.sum(axis=1) - 1) > 1e-4
         if off.any():
             row = int(np.argmax(off))
-            raise ValueError(
+            raise InputError(
                 f"{args.soft}: row {row} sums to {soft[row].sum():.6g}; soft labels must sum to 1"
             )
         return soft / soft.sum(axis=1, keepdims=True), Path(args.soft).stem, None
@@ -130,7 +165,8 @@ def _ground_truth(args: argparse.Namespace):
     return np.asarray(p), info.name, info
 
 
-def _read_table(path: str):
+def _read_table(path: str, rejected: str | None = None):
+    """Read a long annotation table, skipping bad rows; say how many and where they are."""
     import cleverjax as cj
 
     if not Path(path).exists():
@@ -139,8 +175,61 @@ def _read_table(path: str):
         warnings.simplefilter("always")
         table = cj.read_annotations(path, on_error="skip")
     for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+        # The reader's own note on rejected rows points to a Python attribute; it is
+        # restated below with the command-line option.
+        if "`.rejected`" not in str(w.message):
+            _warn(str(w.message))
+    num = len(table.rejected)
+    if num:
+        first = table.rejected.iloc[0]
+        if rejected:
+            _write_rejected(rejected, table.rejected, path)
+            where = f"listed in {rejected}"
+        else:
+            where = "give --rejected FILE to list them"
+        _warn(
+            f"{path}: skipped {num} of {table.num_rows_read} rows ({where}); first: row "
+            f"{first['row']}, column {first['column']!r}: {first['reason']}"
+        )
+    elif rejected:
+        _write_rejected(rejected, table.rejected, path)
     return table
+
+
+def _write_rejected(path: str, rejected, source: str) -> None:
+    """The rows not used, as CSV: file, row, column, value, reason."""
+    frame = rejected[["row", "column", "value", "reason"]].copy()
+    frame.insert(0, "file", source)
+    _write_frame(frame, path, what="--rejected")
+
+
+def _writes_files() -> bool:
+    """Only process 0 writes outputs when several processes run one command."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _write_frame(frame, path: str | None, *, what: str = "--out") -> None:
+    """CSV on standard output for ``-`` (or no path), else CSV or Parquet by the suffix."""
+    import cleverjax as cj
+
+    if not _writes_files():
+        return
+    if path in (None, STDOUT):
+        frame.to_csv(sys.stdout, index=False)
+        sys.stdout.flush()
+        return
+    if Path(path).suffix not in (".csv", ".parquet", ".pq"):
+        raise InputError(
+            f"{what} {path}: expected a .csv, .parquet or .pq file (or - for standard "
+            f"output); got suffix {Path(path).suffix!r}"
+        )
+    cj.write_table(frame, path)
+
+
+def _target(path: str | None) -> str:
+    return "standard output" if path in (None, STDOUT) else path
 
 
 def _write_labels(path: str, labels, tasks, classes) -> None:
@@ -148,11 +237,9 @@ def _write_labels(path: str, labels, tasks, classes) -> None:
     import numpy as np
     import pandas as pd
 
-    import cleverjax as cj
-
     frame = pd.DataFrame(np.asarray(labels, np.float64), columns=list(classes))
     frame.insert(0, "task", list(tasks))
-    cj.write_table(frame, path)
+    _write_frame(frame, path)
 
 
 # ----------------------------------------------------------------------------------
@@ -168,6 +255,12 @@ def _simulate(args: argparse.Namespace) -> int:
 
     import cleverjax as cj
 
+    # Checked before any simulation, so a typo fails at once.
+    if not 0 < args.one_star <= 1 or not 0 <= args.delta < args.one_star:
+        raise InputError(
+            f"--delta and --one-star must satisfy 0 <= delta < one_star <= 1; got delta "
+            f"{args.delta}, one_star {args.one_star}"
+        )
     p, name, info = _ground_truth(args)
     n, k = p.shape
     classes = list(info.classes) if info is not None else [str(c) for c in range(k)]
@@ -184,6 +277,8 @@ def _simulate(args: argparse.Namespace) -> int:
         one_star=args.one_star,
         return_details=True,
     )
+    # With several processes the arrays are global: every process gathers, one writes.
+    batch, rho = cj.distributed.gather((batch, rho))
     tasks = [f"img{i}" for i in range(n)]
     biased = cj.annotations_to_table(
         np.asarray(batch.labels),
@@ -204,13 +299,14 @@ def _simulate(args: argparse.Namespace) -> int:
         unbiased[np.asarray(cal.indices)] = np.asarray(cal.counts)
         frames.append(cj.counts_to_table(unbiased, tasks=tasks, classes=classes, worker_prefix="u"))
     table = pd.concat(frames, ignore_index=True)
-    cj.write_table(table, args.out)
-    if args.truth:
+    _write_frame(table, args.out)
+    if args.truth and _writes_files():
         np.save(args.truth, p)
-    print(
+    _note(
         f"simulated {len(table)} annotations of {n} {name} images (delta {args.delta}, "
         f"{args.annotations} with proposals per image, {args.calibration_images} "
-        f"calibration images) -> {args.out}" + (f"; truth -> {args.truth}" if args.truth else "")
+        f"calibration images) -> {_target(args.out)}"
+        + (f"; truth -> {args.truth}" if args.truth else "")
     )
     return 0
 
@@ -226,14 +322,14 @@ def _class_matrix(args, counts):
     if args.preset:
         info = cj.preset(args.preset)
         if info.num_classes != counts.biased.shape[1]:
-            raise ValueError(
+            raise InputError(
                 f"--preset {info.name} has {info.num_classes} classes; the table "
                 f"has {counts.biased.shape[1]}"
             )
         return info.class_matrix
     calibration = counts.unbiased[counts.unbiased.sum(axis=1) > 0]
     if len(calibration) == 0:
-        raise ValueError(
+        raise InputError(
             "no class matrix: the table has no annotations without a proposal "
             "(calibration); give --class-matrix FILE or --preset NAME"
         )
@@ -245,11 +341,11 @@ def _correct(args: argparse.Namespace) -> int:
 
     import cleverjax as cj
 
-    table = _read_table(args.table)
+    table = _read_table(args.table, args.rejected)
     counts = cj.to_counts(table)
     shown = counts.proposals >= 0
     if not shown.any():
-        raise ValueError(
+        raise InputError(
             f"{args.table}: no annotation was made with a proposal; nothing to correct"
         )
     matrix = _class_matrix(args, counts)
@@ -269,9 +365,9 @@ def _correct(args: argparse.Namespace) -> int:
     plain = np.asarray(cj.soft_labels(counts.unbiased))
     labels = np.where(shown[:, None], labels, plain)
     _write_labels(args.out, labels, counts.tasks, counts.classes)
-    print(
+    _note(
         f"CleverLabel (delta {args.delta}, 1* {args.one_star}, mu {args.mu}) on "
-        f"{int(shown.sum())} tasks -> {args.out}"
+        f"{int(shown.sum())} tasks -> {_target(args.out)}"
     )
     return 0
 
@@ -282,29 +378,19 @@ def _fit(args: argparse.Namespace) -> int:
 
     import cleverjax as cj
 
-    table = _read_table(args.table)
+    table = _read_table(args.table, args.rejected)
     counts = cj.to_counts(table)
     shown = counts.proposals >= 0
     if not shown.any():
-        raise ValueError(f"{args.table}: no annotation was made with a proposal; nothing to fit")
+        raise InputError(f"{args.table}: no annotation was made with a proposal; nothing to fit")
     key = jax.random.key(args.seed)
     if args.per_annotator:
-        res = cj.fit_annotators(key, table, one_star=args.one_star, progress=_interactive())
-        labels, summary = (
-            res.posterior_mean,
-            {
-                "delta": res.delta,
-                "delta_interval": list(res.delta_interval),
-                "spread": res.spread,
-                "annotators": {
-                    w: {"delta": float(d), "interval": [float(lo), float(hi)]}
-                    for w, d, (lo, hi) in zip(
-                        res.workers,
-                        np.asarray(res.annotator_delta),
-                        np.asarray(res.annotator_interval),
-                    )
-                },
-            },
+        res = cj.fit_annotators(
+            key,
+            table,
+            one_star=args.one_star,
+            delta_from=args.delta_from,
+            progress=_interactive(),
         )
     else:
         # Every task in a table has an annotation; tasks never shown a proposal are
@@ -319,27 +405,15 @@ def _fit(args: argparse.Namespace) -> int:
             delta_from=args.delta_from,
             progress=_interactive(),
         )
-        labels = res.posterior_mean
-        summary = {
-            "delta": res.delta,
-            "delta_interval": list(res.delta_interval),
-            "one_star": res.one_star,
-            "identified": res.identified,
-            "converged": res.converged,
-            "steps": int(res.losses.shape[0]),
-            "ppc_acceptance_observed": None if res.ppc is None else res.ppc.observed,
-            "ppc_p_value": None if res.ppc is None else res.ppc.p_value,
-        }
-    summary.update(
-        tasks=len(counts.tasks), classes=list(counts.classes), level=res.level, seconds=res.seconds
-    )
+    labels, summary = res.posterior_mean, res.to_dict()
+    summary.update(tasks=len(counts.tasks), classes=list(counts.classes))
     _write_labels(args.out, labels, counts.tasks, counts.classes)
-    if args.summary:
+    if args.summary and _writes_files():
         Path(args.summary).write_text(json.dumps(summary, indent=2))
     lo, hi = summary["delta_interval"]
-    print(
+    _note(
         f"delta = {summary['delta']:.4f} ({100 * res.level:.0f}% interval {lo:.4f} to "
-        f"{hi:.4f}); {len(counts.tasks)} tasks in {res.seconds:.1f} s -> {args.out}"
+        f"{hi:.4f}); {len(counts.tasks)} tasks in {res.seconds:.1f} s -> {_target(args.out)}"
     )
     return 0
 
@@ -351,7 +425,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     p, name, result = reproduce_fig3(args, progress=_interactive())  # a resumable study
     out = Path(args.out)
-    print(
+    out.mkdir(parents=True, exist_ok=True)
+    _note(
         f"reproduce fig3 on {name}: {p.shape[0]} images, {p.shape[1]} classes, deltas "
         f"{args.deltas}, N {args.annotations}, {args.seeds} seed(s)"
     )
@@ -385,7 +460,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(result.medians.to_string())
     for f in findings:
         print(f"[{'holds' if f.holds else 'does not hold'}] {f.claim}: {f.evidence}")
-    print(f"{result.seconds:.1f} s; wrote {out}/fig3.png, fig3.json and CSV tables")
+    _note(f"{result.seconds:.1f} s; wrote {out}/fig3.png, fig3.json and CSV tables")
     return 0
 
 
@@ -417,13 +492,68 @@ def _demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------
 
 
-def _sub(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+def _help_with_default(action: argparse.Action) -> str:
+    """An option's help with its default. Required options and positionals have none;
+    an option whose default is ``None`` says in its help what happens without it."""
+    text = action.help or ""
+    if action.option_strings and action.required:
+        return f"{text} (required)"
+    if (
+        not action.option_strings
+        or action.default in (None, argparse.SUPPRESS)
+        or "default" in text
+    ):
+        return text
+    if action.default is False and action.nargs == 0:
+        return f"{text} (default: off)"
+    default = action.default
+    if isinstance(default, (list, tuple)):
+        default = " ".join(str(v) for v in default)
+    return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; every option's help shows its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return _help_with_default(action)
+
+
+def add_command(
+    sub, name: str, *, help: str, description: str, example: str
+) -> argparse.ArgumentParser:
+    """Add a subcommand's parser with the shared help conventions (an example, defaults)."""
     return sub.add_parser(
         name,
         help=help,
         description=description,
-        epilog="example:\n" + EXAMPLES[name],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n" + example,
+        formatter_class=HelpFormatter,
+    )
+
+
+def _processes(parser: argparse.ArgumentParser) -> None:
+    """``--coordinator``, ``--num-processes``, ``--process-id``: run on several processes."""
+    from . import distributed
+
+    distributed.add_arguments(parser)
+
+
+def _out_table(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--out",
+        default=STDOUT,
+        help=f"{what} to write (.csv/.parquet); - writes CSV to standard output",
+    )
+
+
+def _table_in(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("table", help="annotation table (.csv/.parquet)")
+    parser.add_argument(
+        "--rejected",
+        metavar="FILE",
+        help="write the rows that were skipped (file, row, column, value, reason) to "
+        "this CSV (default: only counted in a warning)",
     )
 
 
@@ -433,30 +563,29 @@ def _truth_source(parser: argparse.ArgumentParser, *, soft: bool) -> None:
     source.add_argument("--counts", help="ground truth: (images, classes) counts, .npy or .csv")
     if soft:
         source.add_argument("--soft", help="ground truth: (images, classes) soft labels")
-    parser.add_argument("--images", type=int, default=None, help="images for --preset")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cleverjax",
-        description="Simulate, correct and infer the default effect of proposal-guided "
-        "annotation (SPA and CleverLabel) with JAX.",
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="images for --preset (default: the dataset's size)",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sim = _sub(
+
+def _add_simulate(sub) -> None:
+    sim = add_command(
         sub,
         "simulate",
-        "simulate proposal-biased annotations (SPA) into a table",
-        "Draw proposals and SPA annotations for a ground truth and write the long "
-        "annotation table (task, worker, label, proposal), with optional calibration "
+        help="simulate proposal-biased annotations (SPA) into a table",
+        description="Draw proposals and SPA annotations for a ground truth and write the "
+        "long annotation table (task, worker, label, proposal), with optional calibration "
         "annotations made without proposals.",
+        example=EXAMPLES["simulate"],
     )
     _truth_source(sim, soft=True)
-    sim.add_argument("--out", required=True, help="annotation table to write (.csv/.parquet)")
-    sim.add_argument("--truth", help="also save the ground truth (.npy)")
+    _out_table(sim, "annotation table")
+    sim.add_argument("--truth", help="also save the ground truth (.npy) (default: not saved)")
     sim.add_argument("--delta", type=float, required=True, help="acceptance offset delta")
-    sim.add_argument("--one-star", type=float, default=0.99, dest="one_star")
+    sim.add_argument("--one-star", type=float, default=0.99, dest="one_star", help="1*")
     sim.add_argument("--annotations", type=int, default=10, help="annotations per image")
     sim.add_argument("--accuracy", type=float, default=0.9, help="proposer accuracy")
     sim.add_argument(
@@ -467,26 +596,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="images also annotated without proposal",
     )
     sim.add_argument(
-        "--calibration-annotations", type=int, default=10, dest="calibration_annotations"
+        "--calibration-annotations",
+        type=int,
+        default=10,
+        dest="calibration_annotations",
+        help="annotations without proposal per calibration image",
     )
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--seed", type=int, default=0, help="random seed")
+    _processes(sim)
     sim.set_defaults(run=_simulate)
 
-    cor = _sub(
+
+def _add_correct(sub) -> None:
+    cor = add_command(
         sub,
         "correct",
-        "repair a table's labels with CleverLabel",
-        "Bias correction (BC) and class blending (CB) of the annotations made with "
-        "proposals. The class matrix comes from --class-matrix, --preset, or the "
+        help="repair a table's labels with CleverLabel",
+        description="Bias correction (BC) and class blending (CB) of the annotations made "
+        "with proposals. The class matrix comes from --class-matrix, --preset, or the "
         "table's annotations made without a proposal.",
+        example=EXAMPLES["correct"],
     )
-    cor.add_argument("table", help="annotation table (.csv/.parquet)")
-    cor.add_argument("--out", required=True, help="soft labels to write (.csv/.parquet)")
-    cor.add_argument("--delta", type=float, default=0.1)
-    cor.add_argument("--one-star", type=float, default=0.99, dest="one_star")
-    cor.add_argument("--mu", type=float, default=0.75)
-    cor.add_argument("--class-matrix", dest="class_matrix", help="(classes, classes) .npy/.csv")
-    cor.add_argument("--preset", help="use this DCIC preset's class matrix")
+    _out_table(cor, "soft labels")
+    _table_in(cor)
+    cor.add_argument("--delta", type=float, default=0.1, help="delta for bias correction")
+    cor.add_argument("--one-star", type=float, default=0.99, dest="one_star", help="1*")
+    cor.add_argument("--mu", type=float, default=0.75, help="class-blending weight")
+    cor.add_argument(
+        "--class-matrix",
+        dest="class_matrix",
+        help="(classes, classes) .npy/.csv (default: from --preset or the calibration annotations)",
+    )
+    cor.add_argument("--preset", help="use this DCIC preset's class matrix (default: not used)")
     cor.add_argument(
         "--include-unbiased",
         action="store_true",
@@ -495,17 +636,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cor.set_defaults(run=_correct)
 
-    fit = _sub(
+
+def _add_fit(sub) -> None:
+    fit = add_command(
         sub,
         "fit",
-        "infer delta and repaired labels with the Bayesian model",
-        "Fit the Bayesian SPA model (exact collapsed likelihood, SVI with optax) to a "
-        "table: delta with a credible interval and posterior-mean labels.",
+        help="infer delta and repaired labels with the Bayesian model",
+        description="Fit the Bayesian SPA model (exact collapsed likelihood, SVI with "
+        "optax) to a table: delta with a credible interval and posterior-mean labels.",
+        example=EXAMPLES["fit"],
     )
-    fit.add_argument("table", help="annotation table (.csv/.parquet)")
-    fit.add_argument("--out", required=True, help="soft labels to write (.csv/.parquet)")
-    fit.add_argument("--summary", help="JSON summary (delta, interval, checks) to write")
-    fit.add_argument("--one-star", type=float, default=0.99, dest="one_star")
+    _out_table(fit, "soft labels")
+    _table_in(fit)
+    fit.add_argument(
+        "--summary",
+        help="JSON summary (delta, interval, checks) to write (default: not written)",
+    )
+    fit.add_argument("--one-star", type=float, default=0.99, dest="one_star", help="1*")
     fit.add_argument(
         "--delta-from",
         default="calibration",
@@ -519,75 +666,140 @@ def build_parser() -> argparse.ArgumentParser:
         dest="per_annotator",
         help="one delta per annotator (hierarchical)",
     )
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--seed", type=int, default=0, help="random seed")
+    _processes(fit)
     fit.set_defaults(run=_fit)
 
-    rep = _sub(
+
+def _add_reproduce(sub) -> None:
+    rep = add_command(
         sub,
         "reproduce",
-        "reproduce a figure of the CleverLabel paper",
-        "Reproduce Figure 3a (KL of GT, GT+CB, SPA, SPA+CB, SPA+BC, CleverLabel and "
-        "CleverLabel+GT delta against annotations per image), Table 2's label "
-        "ablation and budget curves. Writes CSV and JSON tables and a PNG.",
+        help="reproduce a figure of the CleverLabel paper",
+        description="Reproduce Figure 3a (KL of GT, GT+CB, SPA, SPA+CB, SPA+BC, "
+        "CleverLabel and CleverLabel+GT delta against annotations per image), Table 2's "
+        "label ablation and budget curves. Writes CSV and JSON tables and a PNG; prints "
+        "the medians and the paper's findings.",
+        example=EXAMPLES["reproduce"],
     )
     rep.add_argument("figure", choices=["fig3"], help="which figure")
     _truth_source(rep, soft=False)
     rep.add_argument("--out", required=True, help="output folder")
     rep.add_argument("--accuracy", type=float, default=0.9, help="proposer accuracy")
-    rep.add_argument("--deltas", type=float, nargs="+", default=[0.1, 0.2, 0.4, 0.6])
-    rep.add_argument("--annotations", type=int, nargs="+", default=[1, 3, 5, 10, 20, 50, 100])
+    rep.add_argument(
+        "--deltas", type=float, nargs="+", default=[0.1, 0.2, 0.4, 0.6], help="true deltas"
+    )
+    rep.add_argument(
+        "--annotations",
+        type=int,
+        nargs="+",
+        default=[1, 3, 5, 10, 20, 50, 100],
+        help="annotations per image",
+    )
     rep.add_argument("--seeds", type=int, default=1, help="replicates")
     rep.add_argument("--seed", type=int, default=0, help="random seed")
+    _processes(rep)
     rep.set_defaults(run=_reproduce)
 
-    ben = _sub(
+
+def _add_bench(sub) -> None:
+    ben = add_command(
         sub,
         "bench",
-        "time the SPA engine against its baselines",
-        "Throughput of the SPA kernels and, in the same run, a pure-Python loop, a "
-        "vectorised NumPy version and NumPy's multinomial; one JSON line per case.",
+        help="time the SPA engine against its baselines",
+        description="Throughput of the SPA kernels and, in the same run, a pure-Python "
+        "loop, a vectorised NumPy version and NumPy's multinomial; one JSON line per case.",
+        example=EXAMPLES["bench"],
     )
     ben.add_argument("--tiny", action="store_true", help="tiny sizes (seconds)")
     ben.add_argument("--big", action="store_true", help="add 10^10 annotations in one call")
-    ben.add_argument("--repeats", type=int, default=7)
+    ben.add_argument("--repeats", type=int, default=7, help="timed runs per case")
     ben.set_defaults(run=_bench)
 
-    demo = _sub(
+
+def _add_demo(sub) -> None:
+    demo = add_command(
         sub,
         "demo",
-        "the main job on a built-in DCIC-like dataset",
-        "Simulate a DCIC preset with SPA (checking the share of annotations on the "
-        "proposal against the closed form for several deltas and annotation counts), "
-        "repair it with CleverLabel and with the Bayesian model, print one table (KL "
-        "of each method against the known truth, delta estimated against true, time "
-        "taken) and write a plot.",
+        help="the main job on a built-in DCIC-like dataset",
+        description="Simulate a DCIC preset with SPA (checking the share of annotations on "
+        "the proposal against the closed form for several deltas and annotation counts, "
+        "and measuring the engine's speed), repair it with CleverLabel and with the "
+        "Bayesian model, print one table (KL of each method against the known truth, "
+        "delta estimated against true, time taken) and write a plot.",
+        example=EXAMPLES["demo"],
     )
-    demo.add_argument("--preset", default="CIFAR10H", help="DCIC preset (default: CIFAR10H)")
+    demo.add_argument("--preset", default="CIFAR10H", help="DCIC preset")
     demo.add_argument("--images", type=int, default=5000, help="images to simulate")
     demo.add_argument("--delta", type=float, default=0.3, help="true acceptance offset")
     demo.add_argument("--annotations", type=int, default=10, help="annotations per image")
     demo.add_argument("--accuracy", type=float, default=0.9, help="proposer accuracy")
     demo.add_argument("--plot", default="cleverjax-demo.png", help="plot to write (PNG)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.set_defaults(run=_demo)
 
-    from .study.cli import add_parser as add_study_parser
 
-    add_study_parser(sub)
+def _add_study(sub) -> None:
+    from .study.cli import add_parser
+
+    add_parser(sub)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_simulate,
+    _add_correct,
+    _add_fit,
+    _add_reproduce,
+    _add_bench,
+    _add_demo,
+    _add_study,
+]
+"""Each function adds one subcommand (with :func:`add_command`) and sets ``run``, the
+function that carries it out and returns the exit status."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cleverjax",
+        description="Simulate, correct and infer the default effect of proposal-guided "
+        "annotation (SPA and CleverLabel) with JAX.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
     return parser
+
+
+def _quiet_stdout() -> None:
+    """After the reader of standard output has gone (``| head``), send the rest, and
+    Python's final flush, to the null device."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # standard output without a file descriptor
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _use_all_cpu_cores()
+    from . import distributed  # after the CPU device count is set
+
+    user_errors = (*USER_ERRORS, distributed.DistributedError)
     try:
-        return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
+        if hasattr(args, "coordinator"):
+            distributed.initialize_from_args(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.run(args)
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141  # as a shell reports a process ended by SIGPIPE
+    except user_errors as err:
         if os.environ.get("CLEVERJAX_DEBUG"):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"cleverjax {args.command}: error: {message}", file=sys.stderr)
+        print(f"cleverjax {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -13,6 +13,8 @@ validate a stack of images ``(images, classes)``.
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Literal, NamedTuple
 
 import jax
@@ -22,11 +24,87 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from . import _checks
 from ._checks import ArrayIn
-from ._random import key_data
+from ._random import as_typed_key
 
 CLASS_MATRIX_ATOL = 0.01
 """Rows of a class-blending matrix must sum to 1 within this (published matrices are
 rounded to 3 decimals); they are renormalised."""
+
+FILL_PROBABILITY = 0.9
+"""The probability of filling every class-blending row that :class:`EmptyRowsWarning`'s
+estimate of calibration images aims at."""
+
+
+class EmptyRowsWarning(UserWarning):
+    """Some classes have no calibration image, so their class-blending rows are the
+    fallback; the message says how many calibration images would fill every row."""
+
+
+def _dirichlet_smoothed_shares(counts: np.ndarray) -> np.ndarray:
+    """Posterior-mean shares under the symmetric Dirichlet prior of maximum marginal
+    likelihood, its concentration searched on a log grid (its top stands for "equal")."""
+    values, multiplicity = np.unique(counts, return_counts=True)
+    total, size = counts.sum(), counts.size
+
+    def log_likelihood(a: float) -> float:
+        per_class = sum(
+            w * (math.lgamma(v + a) - math.lgamma(a)) for v, w in zip(values, multiplicity)
+        )
+        return per_class + math.lgamma(size * a) - math.lgamma(total + size * a)
+
+    grid = np.logspace(-2, 4, 121)
+    a = grid[int(np.argmax([log_likelihood(float(g)) for g in grid]))]
+    return (counts + a) / (total + size * a)
+
+
+def calibration_images_to_fill(
+    class_counts: ArrayIn, *, probability: float = FILL_PROBABILITY
+) -> int:
+    """Calibration images that fill every class-blending row with about ``probability``.
+
+    A coupon-collector estimate from the observed class shares. The shares are the
+    posterior means ``(n_k + a) / (m + K a)`` under a symmetric Dirichlet(a) prior whose
+    ``a`` maximises the Dirichlet-multinomial likelihood of the observed counts ``n_k``
+    (empirical Bayes): a class not seen yet gets a small share, not none, and balanced
+    counts are pulled towards equal shares. With ``M`` images, a class of share ``q`` is
+    missed with probability ``exp(-M q)`` (Poisson approximation, classes independent),
+    so every row is filled with probability ``prod_k (1 - exp(-M q_k))``; the smallest
+    ``M`` that reaches ``probability`` is returned. For 100 balanced classes this gives
+    686 images, where the exact coupon-collector probability of 686 images is 0.903.
+    The data cannot tell how rare an unseen class is, so with very unequal classes the
+    estimate is low.
+
+    Args:
+        class_counts: ``(classes,)`` calibration images per most likely class.
+        probability: keyword-only; target probability, in ``(0, 1)``.
+
+    Returns:
+        The number of calibration images.
+
+    Examples:
+        >>> import cleverjax as cj
+        >>> cj.calibration_images_to_fill([1000] * 10)  # ten balanced classes
+        46
+    """
+    counts = np.asarray(class_counts, np.float64)
+    if counts.ndim != 1 or counts.size < 1 or (counts < 0).any():
+        raise ValueError(
+            f"`class_counts` must be a 1-D array of non-negative counts; got {counts!r}"
+        )
+    if not 0 < probability < 1:
+        raise ValueError(f"`probability` must lie in (0, 1); got {probability}")
+    shares = _dirichlet_smoothed_shares(counts)
+
+    def filled(m: int) -> bool:
+        return bool(np.sum(np.log1p(-np.exp(-m * shares))) >= math.log(probability))
+
+    # Each factor at least probability**(1/K) is enough: an upper bound to bisect below.
+    hi = math.ceil(-math.log1p(-(probability ** (1 / counts.size))) / shares.min())
+    lo = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if filled(mid) else (mid, hi)
+    return hi
 
 
 # ----------------------------------------------------------------------------------
@@ -299,7 +377,8 @@ def estimate_class_matrix(
     annotations each (:func:`calibration_sample`). A class that no calibration image
     represents gets the ``fallback`` row: ``"identity"`` (its one-hot vector, so CB only
     sharpens; default), ``"uniform"``, or ``"pooled"`` (the mean soft label of all
-    calibration images).
+    calibration images). Such empty rows are common with many classes: with 100 classes
+    and 100 calibration images about 37 % of them are empty.
 
     Args:
         calibration: ``(images, classes)`` integer counts (images without annotations are
@@ -309,11 +388,22 @@ def estimate_class_matrix(
     Returns:
         ``(classes, classes)`` matrix with rows on the simplex.
 
+    Warns:
+        EmptyRowsWarning: when a row has no calibration image (not under ``jit``, where
+            the counts are not known), with the number of calibration images that would
+            fill every row with probability 0.9 (:func:`calibration_images_to_fill`).
+
     Examples:
-        >>> import cleverjax as cj
-        >>> C = cj.estimate_class_matrix([[9, 1, 0], [7, 3, 0], [2, 8, 0]])
+        >>> import warnings, cleverjax as cj
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     C = cj.estimate_class_matrix([[9, 1, 0], [7, 3, 0], [2, 8, 0]])
         >>> [[round(v, 2) for v in row] for row in C.tolist()]
         [[0.8, 0.2, 0.0], [0.2, 0.8, 0.0], [0.0, 0.0, 1.0]]
+        >>> print(caught[0].message)  # doctest: +NORMALIZE_WHITESPACE
+        1 of 3 class-blending rows (class 2) have no calibration image and get the
+        'identity' fallback row; about 11 calibration images (not 3) would fill every row
+        with probability 0.9
     """
     _checks.check_choice("fallback", fallback, ("identity", "uniform", "pooled"))
     raw = jnp.asarray(calibration)
@@ -343,7 +433,25 @@ def estimate_class_matrix(
         pooled = jnp.sum(soft * weights[:, None], axis=0) / jnp.maximum(jnp.sum(weights), 1)
         fill = jnp.broadcast_to(pooled, (num_classes, num_classes))
     mean = totals / jnp.where(sizes > 0, sizes, 1)[:, None]
+    if not _checks.is_traced(sizes):
+        _warn_empty_rows(np.asarray(sizes), fallback)
     return jnp.where((sizes > 0)[:, None], mean, fill)
+
+
+def _warn_empty_rows(sizes: np.ndarray, fallback: str) -> None:
+    empty = np.flatnonzero(sizes == 0)
+    if empty.size == 0:
+        return
+    shown = ", ".join(str(int(k)) for k in empty[:10]) + (", ..." if empty.size > 10 else "")
+    need = calibration_images_to_fill(sizes)
+    warnings.warn(
+        f"{empty.size} of {sizes.size} class-blending rows (class{'es' if empty.size > 1 else ''} "
+        f"{shown}) have no calibration image and get the {fallback!r} fallback row; about "
+        f"{need} calibration images (not {int(sizes.sum())}) would fill every row with "
+        f"probability {FILL_PROBABILITY}",
+        EmptyRowsWarning,
+        stacklevel=3,
+    )
 
 
 class Calibration(NamedTuple):
@@ -379,7 +487,7 @@ def calibration_sample(
         raise ValueError(
             f"`num_images` must be an int in [1, {n}] (the number of images); got {num_images!r}"
         )
-    k_pick, k_ann = jax.random.split(jax.random.wrap_key_data(key_data(key)))
+    k_pick, k_ann = jax.random.split(as_typed_key(key))
     idx = jax.random.choice(k_pick, n, (int(num_images),), replace=False).astype(jnp.int32)
     counts = sample_annotations(k_ann, p_arr[idx], num_annotations=num_annotations)
     return Calibration(idx, counts)

@@ -28,7 +28,7 @@ from ._correction import (
     estimate_class_matrix,
 )
 from ._metrics import _kl_paper
-from ._random import key_data
+from ._random import as_typed_key
 from ._spa import propose, simulate_sweep
 
 FIGURE3_METHODS = (
@@ -174,9 +174,7 @@ def figure3(
     if not isinstance(num_seeds, (int, np.integer)) or num_seeds < 1:
         raise ValueError(f"`num_seeds` must be a positive int; got {num_seeds!r}")
     stages = tqdm(total=4, desc="figure3", disable=not progress, leave=False)
-    k_prop, k_biased, k_unbiased, k_cal = jax.random.split(
-        jax.random.wrap_key_data(key_data(key)), 4
-    )
+    k_prop, k_biased, k_unbiased, k_cal = jax.random.split(as_typed_key(key), 4)
     rho = propose(k_prop, p_arr, accuracy=accuracy)
     stages.update()
     biased = simulate_sweep(

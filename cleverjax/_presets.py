@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._random import key_data
+from ._random import as_typed_key
 
 
 class Preset(NamedTuple):
@@ -296,7 +296,7 @@ def sample_ground_truth(
         raise ValueError(
             f"`annotations_per_image` must be a positive int; got {annotations_per_image!r}"
         )
-    k_class, k_p, k_ann = jax.random.split(jax.random.wrap_key_data(key_data(key)), 3)
+    k_class, k_p, k_ann = jax.random.split(as_typed_key(key), 3)
     dtype = jnp.result_type(float)
     matrix = jnp.asarray(info.class_matrix, dtype)
     y = jax.random.randint(k_class, (int(n),), 0, info.num_classes)

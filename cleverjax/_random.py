@@ -38,6 +38,34 @@ def key_data(key: PRNGKeyArray | Shaped[Array, 2], name: str = "key") -> KeyData
     return key
 
 
+def as_typed_key(key: PRNGKeyArray | Shaped[Array, 2], name: str = "key") -> PRNGKeyArray:
+    """A new-style key for ``jax.random``, whatever ``jax_default_prng_impl`` is.
+
+    A typed key (any implementation) passes through unchanged. Legacy ``uint32[2]`` data is
+    wrapped as Threefry-2x32 explicitly: ``jax.random.wrap_key_data`` without ``impl``
+    would read it with the default implementation, which need not be Threefry.
+
+    Args:
+        key: a single key from ``jax.random.key(seed)`` or a legacy ``uint32[2]`` key.
+        name: the argument's name, for error messages.
+
+    Returns:
+        A scalar typed PRNG key.
+
+    Raises:
+        ValueError: for a batch of keys.
+        TypeError: for anything that is not a key.
+    """
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(
+                f"`{name}` must be a single PRNG key; got a batch of shape "
+                f"{key.shape}. Use jax.vmap to batch over keys"
+            )
+        return key
+    return jax.random.wrap_key_data(key_data(key, name), impl="threefry2x32")
+
+
 def fold(kd: KeyData, *data: int | Array) -> KeyData:
     """Derive an independent key for a sub-stream (like ``jax.random.fold_in``)."""
     for d in data:

@@ -1,5 +1,6 @@
 """Each benchmark script runs once at tiny size and prints valid JSON lines."""
 
+import importlib
 import json
 import subprocess
 import sys
@@ -19,3 +20,21 @@ def test_benchmark_runs_tiny(script):
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines and all("case" in line for line in lines)
     assert lines[-1]["case"] == "summary"
+
+
+def test_peak_memory_is_in_bytes_on_every_platform(monkeypatch):
+    from cleverjax import _bench
+
+    resource = pytest.importorskip("resource")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    monkeypatch.setattr(sys, "platform", "linux")
+    linux = _bench.peak_memory_bytes()
+    assert linux >= peak * 1024  # KiB there; the peak can only grow
+    monkeypatch.setattr(sys, "platform", "darwin")
+    darwin = _bench.peak_memory_bytes()
+    assert peak <= darwin < linux  # bytes there
+    # Where `resource` does not exist (Windows), the module imports and the peak is
+    # unknown, not an error.
+    monkeypatch.setitem(sys.modules, "resource", None)
+    importlib.reload(_bench)
+    assert _bench.peak_memory_bytes() is None

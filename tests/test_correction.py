@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import special
 
 import cleverjax as cj
 
@@ -108,6 +109,7 @@ def test_cleverlabel_with_initial_labels_hand_computed():
     np.testing.assert_allclose(got[0], 0.75 * np.array([0, 1, 0]) + 0.25 * C3[2], rtol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore::cleverjax.EmptyRowsWarning")
 def test_estimate_class_matrix_and_fallbacks():
     counts = np.array([[9, 1, 0], [7, 3, 0], [2, 8, 0], [0, 0, 0]])
     ident = cj.estimate_class_matrix(counts)
@@ -118,6 +120,46 @@ def test_estimate_class_matrix_and_fallbacks():
     np.testing.assert_allclose(pooled[2], [0.6, 0.4, 0.0], rtol=1e-6)
     soft = cj.estimate_class_matrix(np.array([[0.9, 0.1, 0.0], [0.7, 0.3, 0.0]]))
     np.testing.assert_allclose(soft[0], [0.8, 0.2, 0.0], rtol=1e-6)
+
+
+def test_empty_rows_warn_with_the_count_and_the_images_needed():
+    # The issue's case: 100 classes, 100 calibration images, one clear class each.
+    rng = np.random.default_rng(0)
+    top = rng.integers(0, 100, size=100)
+    counts = np.eye(100, dtype=np.int32)[top] * 10
+    empty = 100 - len(set(top.tolist()))
+    with pytest.warns(cj.EmptyRowsWarning) as record:
+        cj.estimate_class_matrix(counts)
+    message = str(record[0].message)
+    assert f"{empty} of 100 class-blending rows" in message
+    need = cj.calibration_images_to_fill(np.bincount(top, minlength=100))
+    assert f"about {need} calibration images (not 100)" in message
+    # Negative control: every row filled, no warning (warnings are errors here).
+    cj.estimate_class_matrix(np.eye(100, dtype=np.int32) * 10)
+
+
+def test_estimate_class_matrix_under_jit_does_not_warn():
+    counts = jnp.array([[9, 1, 0], [2, 8, 0]])
+    out = jax.jit(cj.estimate_class_matrix)(counts)
+    np.testing.assert_allclose(out[2], [0, 0, 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_images_to_fill_agrees_with_the_exact_coupon_collector(num_classes):
+    """Balanced classes: the estimate M fills every row with probability 0.9 to 0.93 by the
+    exact inclusion-exclusion formula (the Poisson approximation errs by a few images on
+    the safe side), and 10 % fewer images do not reach 0.9."""
+
+    def exact(m):  # P(no class missed) = sum_j (-1)^j C(K, j) (1 - j/K)^m
+        j = np.arange(num_classes)
+        log_terms = special.gammaln(num_classes + 1) - special.gammaln(j + 1)
+        log_terms += m * np.log1p(-j / num_classes) - special.gammaln(num_classes - j + 1)
+        return float(np.sum((-1.0) ** j * np.exp(log_terms)))
+
+    m = cj.calibration_images_to_fill(np.full(num_classes, 1000))
+    assert 0.9 <= exact(m) < 0.93
+    # Negative control: 10 % fewer images fall short.
+    assert exact(int(0.9 * m)) < 0.9
 
 
 def test_calibration_sample_recovers_class_matrix():
@@ -194,7 +236,17 @@ def test_figure3_grid_on_a_small_preset():
     np.testing.assert_allclose(t["CleverLabel", 0.1], t["CleverLabel+GT delta", 0.1], rtol=1e-6)
     assert set(fig.budget["speedup"]) == {1.0, 2.5, 10.0}
     findings = cj.check_findings(fig)
-    assert len(findings) == 4 and all(isinstance(f.holds, bool) for f in findings)
+    assert [f.claim for f in findings] == [
+        "more annotations help",
+        "CB is best at 1 annotation",
+        "BC helps from about 20 annotations",
+        "the GT delta matters more at large delta and N",
+    ]
+    # 50 annotations per image beat 1 by far on any data set.
+    assert findings[0].holds, findings[0].evidence
+    # Negative control: with the rows for N = 1 and N = 50 swapped the finding fails.
+    swapped = fig.medians.iloc[::-1].set_axis(fig.medians.index)
+    assert not cj.check_findings(fig._replace(medians=swapped))[0].holds
 
 
 def test_figure3_on_cifar10h(cifar10h_counts):
@@ -237,3 +289,49 @@ def test_figure3_on_cifar10h(cifar10h_counts):
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --------------------------------------------------------------------------- key handling
+
+
+def _keyed_results(key, figure3):
+    p = cj.sample_ground_truth(key, "Turkey", num_images=60)
+    cal = cj.calibration_sample(key, p, num_images=20)
+    out = [np.asarray(p), np.asarray(cal.indices), np.asarray(cal.counts)]
+    if figure3:  # compiles the whole grid: slow
+        fig = cj.figure3(key, p, deltas=(0.3,), num_annotations=(2,), calibration_images=20)
+        out.append(fig.table["kl"].to_numpy())
+    return out
+
+
+@pytest.fixture
+def rbg_default():
+    """Another default PRNG implementation for the duration of a test."""
+    before = jax.config.jax_default_prng_impl
+    jax.config.update("jax_default_prng_impl", "rbg")
+    yield
+    jax.config.update("jax_default_prng_impl", before)
+
+
+@pytest.mark.parametrize("figure3", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_keys_work_under_another_default_prng_implementation(request, figure3):
+    threefry = jax.random.key(7, impl="threefry2x32")
+    want = _keyed_results(threefry, figure3)
+    request.getfixturevalue("rbg_default")
+    assert str(jax.random.key_impl(jax.random.key(0))) == "rbg"
+    # Negative control: wrapping key data without naming the implementation breaks here.
+    with pytest.raises(TypeError):
+        jax.random.wrap_key_data(jax.random.key_data(threefry))
+    legacy = jax.random.key_data(threefry)  # uint32[2], a legacy Threefry key
+    for key in (threefry, legacy):
+        for got, expected in zip(_keyed_results(key, figure3), want):
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_as_typed_key_rejects_batches_and_non_keys():
+    from cleverjax._random import as_typed_key
+
+    with pytest.raises(ValueError, match="single PRNG key"):
+        as_typed_key(jax.random.split(jax.random.key(0), 2))
+    with pytest.raises(TypeError, match="uint32"):
+        as_typed_key(np.zeros(3, np.float32))

@@ -408,14 +408,14 @@ SHARDED_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     import cleverjax as cj
-    assert len(jax.devices()) == 8
+    assert len(jax.devices()) == 3
     p = cj.sample_ground_truth(jax.random.key(50), "Benthic", num_images=1001)
     rho = cj.propose(jax.random.key(51), p, accuracy=0.8)
     num = jnp.arange(1001) % 13
     key = jax.random.key(70)
     pool = cj.Annotators(jnp.array([0.1, 0.5, 0.3]))
     out = {}
-    for name, devs in [("one", jax.devices()[:1]), ("three", jax.devices()[:3]), ("all", None)]:
+    for name, devs in [("one", jax.devices()[:1]), ("all", None)]:
         out[name] = [
             np.asarray(cj.simulate_counts(key, p, rho, num_annotations=num, delta=0.3,
                                           devices=devs)).tolist(),
@@ -429,17 +429,17 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_equals_unsharded():
+    # Three devices split 1001 images unevenly; two layouts compile less than three.
     env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=3", JAX_PLATFORMS="cpu"
     )
     proc = subprocess.run(
         [sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
-    for name in ("three", "all"):
-        for got, want in zip(out[name], out["one"]):
-            np.testing.assert_array_equal(got, want)
+    for got, want in zip(out["all"], out["one"]):
+        np.testing.assert_array_equal(got, want)
     # ... and equal to this process, which has a single device.
     p = cj.sample_ground_truth(jax.random.key(50), "Benthic", num_images=1001)
     rho = cj.propose(jax.random.key(51), p, accuracy=0.8)
@@ -577,8 +577,10 @@ def test_traced_bad_input_raises_at_runtime():
     def f(q):
         return cj.biased_distribution(q, jnp.array([0]), delta=0.1)
 
-    with pytest.raises(Exception, match="rows must sum to 1"):
+    with pytest.raises(jax.errors.JaxRuntimeError, match="rows must sum to 1"):
         jax.block_until_ready(f(p))
+    # Negative control: the same compiled function accepts a valid row.
+    jax.block_until_ready(f(jnp.array([[0.4, 0.6]])))
 
 
 # --------------------------------------------------------------------------- presets

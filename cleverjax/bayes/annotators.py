@@ -82,6 +82,27 @@ class AnnotatorFit(NamedTuple):
     params: dict
     seconds: float
 
+    def to_dict(self) -> dict:
+        """The scalar results as plain Python values (JSON-ready): the population delta
+        and spread, every annotator's delta with its interval, convergence and timing."""
+        intervals = np.asarray(self.annotator_interval, np.float64)
+        return {
+            "delta": self.delta,
+            "delta_interval": list(self.delta_interval),
+            "spread": self.spread,
+            "level": self.level,
+            "converged": self.converged,
+            "identified": self.identified,
+            "steps": int(self.losses.shape[0]),
+            "seconds": self.seconds,
+            "annotators": {
+                w: {"delta": float(d), "interval": [float(lo), float(hi)]}
+                for w, d, (lo, hi) in zip(
+                    self.workers, np.asarray(self.annotator_delta, np.float64), intervals
+                )
+            },
+        }
+
 
 def _auto_normal_draws(key, params, num_draws: int, transforms: dict) -> dict:
     """Draws from a fitted AutoNormal guide, from its parameters (loc and scale on the

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from .. import distributed
+
 EXAMPLE = (
     "  cleverjax study run turkey.toml --out out/turkey\n"
     "  cleverjax study plot out/turkey\n\n"
@@ -72,6 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="run even if the folder holds a different study (unchanged cells are kept)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    distributed.add_arguments(run)
     run.set_defaults(run=_run)
     plot = sub.add_parser(
         "plot",
