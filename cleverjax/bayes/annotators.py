@@ -16,7 +16,8 @@ from numpyro.infer.autoguide import AutoNormal
 from numpyro.infer.initialization import init_to_value
 
 from .. import _checks
-from .data import SPAData, prepare, typed_key
+from .._random import as_typed_key
+from .data import SPAData, prepare
 from .fitting import (
     _check_beta_prior,
     _identification,
@@ -268,7 +269,7 @@ def fit_annotators(
     identified, cal_images, cal_annotations = _identification(prep)
     if not identified:
         _warn_identification(cal_images, cal_annotations)
-    k_svi, k_draw, k_prior, k_int = jax.random.split(typed_key(key), 4)
+    k_svi, k_draw, k_prior, k_int = jax.random.split(as_typed_key(key), 4)
     init = initial_prior(prep, config)
     guide = AutoNormal(
         spa_model, init_loc_fn=init_to_value(values={"delta_fraction": 0.2}), init_scale=0.05

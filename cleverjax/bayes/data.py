@@ -22,7 +22,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, Int
 
 from .. import _checks
-from .._random import key_data
 
 
 class EntryTable(NamedTuple):
@@ -266,11 +265,6 @@ def prepare(counts, proposals, unbiased_counts, probe) -> Prepared:
         )
     data, inverse = compress(rho, c, u, pr)
     return Prepared(data, inverse, c, u, rho, pr)
-
-
-def typed_key(key) -> Array:
-    """A new-style threefry key from any key :func:`cleverjax._random.key_data` accepts."""
-    return jax.random.wrap_key_data(key_data(key), impl="threefry2x32")
 
 
 # ----------------------------------------------------------------------------------

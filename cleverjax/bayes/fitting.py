@@ -30,7 +30,8 @@ from numpyro.infer import MCMC, NUTS, SVI
 
 from .. import _checks
 from .._checks import ArrayIn
-from .data import Prepared, calibrated, pad, prepare, shard_rows, subsample, typed_key
+from .._random import as_typed_key
+from .data import Prepared, calibrated, pad, prepare, shard_rows, subsample
 from .likelihood import Prior
 from .model import (
     ModelConfig,
@@ -428,7 +429,7 @@ def fit(
         ((1000, 3), True)
     """
     start = time.perf_counter()
-    kd = typed_key(key)
+    kd = as_typed_key(key)
     prep = prepare(counts, proposals, unbiased_counts, probe)
     a, b = _check_beta_prior("delta_prior", delta_prior)
     _checks.check_choice("method", method, ("svi", "nuts"))

@@ -15,8 +15,8 @@ from jaxtyping import PRNGKeyArray
 from .. import _checks
 from .._checks import ArrayIn
 from .._correction import calibration_sample
+from .._random import as_typed_key
 from .._spa import propose, simulate_counts
-from .data import typed_key
 from .exact import exact_delta_posterior
 from .fitting import fit
 from .likelihood import Prior
@@ -99,7 +99,7 @@ def plan_calibration(
         raise ValueError(f"`sizes` must be ints in [3, {n}] (the number of images); got {sizes}")
     if not isinstance(replicates, (int, np.integer)) or replicates < 1:
         raise ValueError(f"`replicates` must be a positive int; got {replicates!r}")
-    k_pilot, k_fit, k_runs = jax.random.split(typed_key(key), 3)
+    k_pilot, k_fit, k_runs = jax.random.split(as_typed_key(key), 3)
 
     def campaign(k, size):
         k_prop, k_sim, k_cal = jax.random.split(k, 3)
