@@ -29,6 +29,7 @@ import pyarrow.dataset as ds
 
 from .._checks import as_path, check_choice, existing_path, positive_int
 from .cells import INT_RE, Values, parse_uniques, take
+from .clean_counts import clean_counts
 from .encode import (
     ClassScheme,
     Columns,
@@ -220,6 +221,17 @@ def _parse_dictionary(values: Any) -> Values:
         np.concatenate([is_int.astype(bool), last.is_int]),
         np.concatenate([value, last.value]),
     )
+
+
+def _record_batches(src: _Source, batch_size: int) -> Iterator[Any]:
+    """The record batches of every file, in order, as stored (text as dictionaries)."""
+    for file, fragment in src.files:
+        names = fragment.physical_schema.names
+        columns = [c for c in _ALL_COLUMNS if c in names]
+        try:
+            yield from fragment.to_batches(columns=columns, batch_size=batch_size, use_threads=True)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ValueError(f"{file}: cannot be read as Parquet: {e}") from e
 
 
 def _batches(src: _Source, batch_size: int) -> Iterator[_Batch]:
@@ -609,6 +621,14 @@ def read_counts(
         if not names:
             raise ValueError("`classes` must name at least one class; got an empty sequence")
     src = _open(source)
+    counts = clean_counts(
+        _record_batches(src, batch_size),
+        lambda: _record_batches(src, batch_size),
+        src.num_rows,
+        names,
+    )
+    if counts is not None:  # no bad row: one read was enough
+        return CountedTable(counts, _Rejected().frame(), src.num_rows, src.shown)
     sv = _survey(src, names, batch_size)
     k = len(sv.scheme.classes)
     st = _State(len(sv.tasks), k, sv.num_workers, src.num_rows)
