@@ -2,37 +2,39 @@
 
 Most large tables have no bad row: no missing value, every label a known class, one
 proposal per task and no exact duplicate. For those, :func:`clean_counts` reads the data
-once, counting each task's rows by label *value* (the classes are fixed only at the end,
-from all labels, as :func:`~cleverjax.io.encode.choose_classes` does) and checking along
-the way that no row would be rejected. At the first sign of a row the full checks would
-reject (or of anything it does not handle, such as float task names) it gives up and
-returns ``None``, and :func:`~cleverjax.io.read_counts` runs its exact two-pass reader,
-which finds, reports and removes the bad rows. So the fast path never has to report a
-row: it only has to be sure there is none.
+once and checks along the way that no row would be rejected. At the first sign of a row
+the full checks would reject (or of anything it does not handle, such as float task
+names) it gives up and returns ``None``, and :func:`~cleverjax.io.read_counts` runs its
+exact two-pass reader, which finds, reports and removes the bad rows. So the fast path
+never has to report a row: it only has to be sure there is none.
 
-Memory: per task, two 16-bit counters per label value (widened to 32 bits only if a
-count could pass 65,535) in arrays allocated lazily over the number of rows, one byte
-pair for the first proposal, and the task name (a Python ``str``, which
-:class:`~cleverjax.io.Counts` holds anyway). The exact-duplicate check keeps nothing per
-row: it checks each batch on its own, and only tasks seen in more than one batch need a
-second look, which reads the data once more (only then) and keeps a key per row of those
-tasks.
+Each batch is summarised on its own, with vectorised NumPy and Arrow work only: its
+distinct task names (an Arrow string array, in order of first row), its counts per task
+and label *value* (the smallest unsigned type that holds them) and each task's proposal.
+The classes are fixed only at the end, from all labels, as
+:func:`~cleverjax.io.encode.choose_classes` does; a single Arrow dictionary encoding of
+all batches' task names then numbers the tasks in order of first appearance, and the
+summaries are added into the ``int32`` counts. The exact-duplicate check keeps nothing
+per row: it checks each batch on its own, and only tasks seen in more than one batch
+need a second look, which reads the data once more (only then) and keeps a key per row
+of those tasks.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .cells import INT_RE, Values
+from .cells import INT_RE, Values, parse_uniques
 from .encode import ClassScheme, Votes, class_kind, default_classes, scheme
 from .types import Counts
 
 _ALL_COLUMNS = ("task", "worker", "label", "proposal")
-_U16_MAX = np.iinfo(np.uint16).max
 
 
 class _GiveUp(Exception):
@@ -40,23 +42,28 @@ class _GiveUp(Exception):
 
 
 class _Rows(NamedTuple):
-    """One batch, as global ids per row."""
+    """One batch: per row, ids into the batch's distinct tasks and global ids else."""
 
-    task: np.ndarray  # int64 task id (order of first appearance)
+    task: np.ndarray  # int64 index into ``names`` (the batch's tasks by first row)
+    names: Any  # Arrow string array: the batch's distinct task names
     worker: np.ndarray  # int64 worker id
     label: np.ndarray  # int64 label value id
     prop: np.ndarray  # int64 proposal value id (valid where shown)
     shown: np.ndarray  # bool: a proposal was shown
-    task_code: np.ndarray  # int64 code into the batch's distinct tasks
-    task_ids: np.ndarray  # int64 id of each of the batch's distinct tasks (-1: absent)
-    new_from: int  # ids from here on were first seen in this batch
+
+
+class _Summary(NamedTuple):
+    """One batch, summarised per distinct task."""
+
+    names: Any  # Arrow string array
+    shown: np.ndarray  # (tasks, values) counts with a proposal shown, smallest uint type
+    not_shown: np.ndarray  # (tasks, values) counts without
+    first_prop: np.ndarray  # uint16 per task: proposal value id + 1 (0: none shown)
 
 
 class _Names:
-    """Text -> id, ids increasing in order of first appearance but not dense: a batch of
-    ``m`` distinct texts takes the ids ``n .. n + m`` and its new texts keep theirs (one
-    dict lookup a text; :meth:`dense` renumbers at the end). The dict's ``str`` keys
-    become :attr:`Counts.tasks` without a copy."""
+    """Worker text -> id (ids increasing but not dense: a batch of ``m`` distinct texts
+    takes the ids ``n .. n + m`` and its new texts keep theirs; one dict call a text)."""
 
     def __init__(self) -> None:
         self.ids: dict[Any, int] = {}
@@ -68,22 +75,16 @@ class _Names:
     def add(self, texts: np.ndarray, *, register: bool) -> np.ndarray:
         m, n = len(texts), self.end
         if not register:
-            get = self.ids.get
-            ids = np.fromiter(map(get, texts, [-1] * m), np.int64, m)
+            ids = np.fromiter(map(self.ids.get, texts, [-1] * m), np.int64, m)
             if (ids < 0).any():
                 raise _GiveUp
             return ids
         size = len(self.ids)
         ids = np.fromiter(map(self.ids.setdefault, texts, range(n, n + m)), np.int64, m)
-        new = ids >= n
-        if len(self.ids) != size + int(new.sum()):  # two values with one text: leave
-            raise _GiveUp  # it to the exact reader
+        if len(self.ids) != size + int((ids >= n).sum()):  # two values with one text:
+            raise _GiveUp  # leave it to the exact reader
         self.end = n + m
         return ids
-
-    def dense(self) -> np.ndarray:
-        """The sparse id of each text, in order of first appearance."""
-        return np.fromiter(self.ids.values(), np.int64, len(self.ids))
 
 
 class _Classes:
@@ -152,70 +153,6 @@ class _Classes:
         return out
 
 
-class _Counter:
-    """Per-task counts by label value, lazily allocated over ``capacity`` tasks."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.dtype = np.uint16 if capacity <= _U16_MAX else np.int32
-        self.bound = 0  # no count exceeds this
-        self.columns: list[tuple[np.ndarray, np.ndarray]] = []  # per value: (shown, not)
-        self.first_prop = np.zeros(capacity, np.uint16)  # proposal value id + 1 (0: none)
-
-    def add(self, rows: _Rows, num_values: int) -> None:
-        while len(self.columns) < num_values:  # np.zeros: pages come as they are touched
-            self.columns.append(
-                (np.zeros(self.capacity, self.dtype), np.zeros(self.capacity, self.dtype))
-            )
-        present = np.flatnonzero(rows.task_ids >= 0)
-        ids = rows.task_ids[present]
-        num_codes = rows.task_ids.shape[0]
-        flat = rows.task_code * num_values + rows.label
-        for side, mask in ((0, rows.shown), (1, ~rows.shown)):
-            local = np.bincount(flat[mask], minlength=num_codes * num_values)
-            local = local.reshape(num_codes, num_values)[present]
-            self.bound += int(local.max(initial=0))
-            if self.bound > np.iinfo(self.dtype).max:
-                self._widen()
-            for v in np.flatnonzero(local.any(axis=0)):
-                column = self.columns[v][side]
-                column[ids] += local[:, v].astype(self.dtype)
-
-    def _widen(self) -> None:
-        self.dtype = np.int32
-        self.columns = [(a.astype(np.int32), b.astype(np.int32)) for a, b in self.columns]
-
-    def check_proposals(self, rows: _Rows) -> None:
-        """Record each task's first proposal; give up on a conflicting one."""
-        at = np.flatnonzero(rows.shown)
-        if not at.size:
-            return
-        if len(self.columns) >= _U16_MAX:
-            raise _GiveUp
-        task, prop = rows.task[at], rows.prop[at] + 1
-        new = self.first_prop[task] == 0
-        if new.any():  # the first row of each new task: write in reverse, the first wins
-            self.first_prop[task[new][::-1]] = prop[new][::-1]
-        if (self.first_prop[task] != prop).any():
-            raise _GiveUp  # a task shown two proposals
-
-    def counts(
-        self, class_of: np.ndarray, num_classes: int, rows: np.ndarray
-    ) -> tuple[np.ndarray, ...]:
-        """Counts and proposals of the tasks at ``rows`` (their sparse ids), int32."""
-        n = rows.shape[0]
-        biased = np.zeros((n, num_classes), np.int32)
-        unbiased = np.zeros((n, num_classes), np.int32)
-        for v, (shown, not_shown) in enumerate(self.columns):
-            if class_of[v] >= 0:
-                biased[:, class_of[v]] += shown[rows]
-                unbiased[:, class_of[v]] += not_shown[rows]
-        self.columns = []
-        first = self.first_prop[rows].astype(np.int64) - 1
-        proposals = np.where(first >= 0, class_of[np.maximum(first, 0)], -1).astype(np.int32)
-        return biased, unbiased, proposals
-
-
 def _codes(column: Any) -> tuple[np.ndarray, Any]:
     """Per-row dictionary codes (-1: null) and the dictionary."""
     if not pa.types.is_dictionary(column.type):
@@ -226,19 +163,40 @@ def _codes(column: Any) -> tuple[np.ndarray, Any]:
     return codes, column.dictionary
 
 
-def _name_texts(dictionary: Any) -> np.ndarray:
-    """Task or worker names as ``str`` (what the parser would make of them); gives up on
-    kinds whose text needs the parser's care (floats, booleans, bytes)."""
-    kind = dictionary.type
+def _parse_dictionary(values: Any) -> Values:
+    """:func:`~cleverjax.io.cells.parse_uniques` of an Arrow array, vectorised for text
+    and integers (each task name would otherwise cost a Python call)."""
+    kind = values.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        if dictionary.null_count or pc.any(pc.equal(dictionary, "")).as_py():
-            raise _GiveUp  # a missing name
-        return dictionary.to_numpy(zero_copy_only=False)
-    if pa.types.is_integer(kind):
-        if dictionary.null_count:
-            raise _GiveUp
-        return pc.cast(dictionary, pa.string()).to_numpy(zero_copy_only=False)
-    raise _GiveUp
+        values = values.fill_null("")
+        # Integers of up to 18 digits fit int64 and lie within the parser's cap.
+        is_int = pc.match_substring_regex(values, r"^(0|-?[1-9][0-9]{0,17})$").to_numpy(
+            zero_copy_only=False
+        )
+        if pc.any(pc.match_substring_regex(values, r"^-?[1-9][0-9]{18,}$")).as_py():
+            return parse_uniques(values.to_pylist())  # huge integers: the parser clips them
+        text = values.to_numpy(zero_copy_only=False)
+        value = np.zeros(len(text), np.int64)
+        value[is_int] = np.asarray(text[is_int], dtype=np.int64) if is_int.any() else 0
+        missing = text == ""
+    elif pa.types.is_integer(kind) and kind.bit_width < 64 or pa.types.is_signed_integer(kind):
+        value = np.clip(values.fill_null(0).to_numpy().astype(np.int64), -(2**62), 2**62)
+        if values.null_count:
+            return parse_uniques(values.to_pylist())
+        text = pc.cast(values, pa.string()).to_numpy(zero_copy_only=False)
+        is_int = np.ones(len(text), bool)
+        missing = np.zeros(len(text), bool)
+    else:
+        return parse_uniques(values.to_pylist())
+    last = Values(
+        np.array([""], object), np.ones(1, bool), np.zeros(1, bool), np.zeros(1, np.int64)
+    )
+    return Values(
+        np.concatenate([text.astype(object), last.text]),
+        np.concatenate([missing.astype(bool), last.missing]),
+        np.concatenate([is_int.astype(bool), last.is_int]),
+        np.concatenate([value, last.value]),
+    )
 
 
 def _first_rows(codes: np.ndarray, size: int) -> np.ndarray:
@@ -249,127 +207,209 @@ def _first_rows(codes: np.ndarray, size: int) -> np.ndarray:
     return present[np.argsort(first[present], kind="stable")]
 
 
+def _names(dictionary: Any) -> Any:
+    """Task or worker names as Arrow strings (the parser's text for them); gives up on
+    missing names and on kinds whose text needs the parser's care (floats, booleans)."""
+    kind = dictionary.type
+    if pa.types.is_integer(kind):
+        dictionary = pc.cast(dictionary, pa.string())
+    elif not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise _GiveUp
+    if dictionary.null_count or pc.any(pc.equal(dictionary, "")).as_py():
+        raise _GiveUp  # a missing name
+    return dictionary.cast(pa.string())
+
+
 class _Reader:
-    """Batches of a source as :class:`_Rows`, naming tasks, workers and values."""
+    """Batches as :class:`_Rows`, naming workers and label values."""
 
     def __init__(self) -> None:
-        self.tasks = _Names()
         self.workers = _Names()
         self.values = _Classes()
 
     def rows(self, rb: Any, *, register: bool) -> _Rows:
-        from .stream import _parse_dictionary
-
-        names = rb.schema.names
         tcode, tdict = _codes(rb.column("task"))
         wcode, wdict = _codes(rb.column("worker"))
         if (tcode < 0).any() or (wcode < 0).any():
             raise _GiveUp  # a missing task or worker
         order = _first_rows(tcode, len(tdict))
-        task_ids = np.full(len(tdict), -1, np.int64)
-        new_from = self.tasks.end
-        task_ids[order] = self.tasks.add(
-            _name_texts(tdict.take(pa.array(order))), register=register
+        rank = np.full(len(tdict), -1, np.int64)
+        rank[order] = np.arange(order.shape[0])
+        names = _names(tdict).take(pa.array(order))
+        worker_ids = self.workers.add(
+            _names(wdict).to_numpy(zero_copy_only=False), register=register
         )
-        worker_ids = self.workers.add(_name_texts(wdict), register=register)
         lcode, ldict = _codes(rb.column("label"))
         lvals = _parse_dictionary(ldict)
         if lvals.missing[lcode].any():
             raise _GiveUp  # a missing label
         label = self.values.add(lvals, register=register)[lcode]
-        if "proposal" in names:
+        if "proposal" in rb.schema.names:
             pcode, pdict = _codes(rb.column("proposal"))
             pvals = _parse_dictionary(pdict)
             has = ~(pvals.missing | (pvals.is_int & (pvals.value == -1)))
-            prop_ids = self.values.add(pvals, register=register)
-            prop, shown = prop_ids[pcode], has[pcode]
+            prop, shown = self.values.add(pvals, register=register)[pcode], has[pcode]
         else:
             prop = np.full(rb.num_rows, -1, np.int64)
             shown = np.zeros(rb.num_rows, bool)
         if register:
-            if self.values.first_is_int is None and rb.num_rows:
+            if self.values.first_is_int is None:
                 self.values.first_is_int = bool(self.values.is_int[label[0]])
             num_values = len(self.values.names)
             self.values.label_uses += np.bincount(label, minlength=num_values)
             self.values.prop_uses += np.bincount(prop[shown], minlength=num_values)
-        return _Rows(
-            task_ids[tcode], worker_ids[wcode], label, prop, shown, tcode, task_ids, new_from
-        )
+        return _Rows(rank[tcode], names, worker_ids[wcode], label, prop, shown)
 
 
-def _unique_within(rows: _Rows, num_values: int) -> bool:
-    """No two rows of the batch share task, worker, label and whether shown."""
+def _smallest(counts: np.ndarray) -> np.ndarray:
+    top = int(counts.max(initial=0))
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return counts.astype(dtype)
+    return counts
+
+
+def _summarise(rows: _Rows, num_values: int) -> _Summary:
+    """Counts and proposal per distinct task; gives up on a duplicate or a conflicting
+    proposal within the batch."""
+    m = len(rows.names)
     num_workers = int(rows.worker.max(initial=0)) + 1
-    if rows.task_ids.shape[0] * num_workers * num_values * 2 >= 2**63:
+    if m * num_workers * num_values * 2 >= 2**63:
         raise _GiveUp
-    key = (rows.task_code * num_workers + rows.worker) * num_values
-    key = (key + rows.label) * 2 + rows.shown
-    return _all_distinct(key)
-
-
-def clean_counts(
-    batches: Any, again: Any, num_rows: int, classes: tuple[str, ...] | None
-) -> Counts | None:
-    """The counts of a table with no bad row, or ``None`` if it may have one.
-
-    Args:
-        batches: the record batches of the source, in order.
-        again: a callable returning those batches once more (read only when a task
-            spans batches, to look for duplicates across them).
-        num_rows: rows in the source (bounds the number of tasks).
-        classes: the class names given, or ``None``.
-    """
-    reader = _Reader()
-    counter = _Counter(num_rows)
-    spanning: list[np.ndarray] = []
-    try:
-        for rb in batches:
-            if rb.num_rows == 0:
-                continue
-            rows = reader.rows(rb, register=True)
-            num_values = len(reader.values.names)
-            if not _unique_within(rows, num_values):
-                return None
-            old = rows.task_ids[(rows.task_ids >= 0) & (rows.task_ids < rows.new_from)]
-            if old.size:
-                spanning.append(old)
-            counter.check_proposals(rows)
-            counter.add(rows, num_values)
-        if not len(reader.tasks):
-            return None
-        if spanning and not _unique_across(again(), reader, np.concatenate(spanning)):
-            return None
-        sch = reader.values.scheme(classes)
-        class_of = reader.values.class_of(sch)
-    except _GiveUp:
-        return None
-    biased, unbiased, proposals = counter.counts(class_of, len(sch.classes), reader.tasks.dense())
-    tasks = tuple(reader.tasks.ids)
-    reader.tasks.ids.clear()
-    return Counts(biased, unbiased, proposals, tasks, tuple(sch.classes))
-
-
-def _unique_across(batches: Any, reader: _Reader, spanning: np.ndarray) -> bool:
-    """No two rows of the tasks ``spanning`` (seen in several batches) are duplicates."""
-    mark = np.zeros(reader.tasks.end, bool)
-    mark[spanning] = True
-    num_workers = reader.workers.end + 1
-    num_values = len(reader.values.names) + 1
-    if reader.tasks.end * num_workers * num_values * 2 >= 2**63:
-        raise _GiveUp
-    keys = []
-    for rb in batches:
-        if rb.num_rows == 0:
-            continue
-        rows = reader.rows(rb, register=False)
-        at = np.flatnonzero(mark[rows.task])
-        key = (rows.task[at] * num_workers + rows.worker[at]) * num_values + rows.label[at]
-        keys.append(key * 2 + rows.shown[at])
-    key = np.concatenate(keys)
-    return _all_distinct(key)
+    key = ((rows.task * num_workers + rows.worker) * num_values + rows.label) * 2 + rows.shown
+    if not _all_distinct(key):
+        raise _GiveUp  # an exact duplicate
+    at = np.flatnonzero(rows.shown)
+    first_prop = np.zeros(m, np.uint16)
+    if at.size:
+        if num_values >= np.iinfo(np.uint16).max:
+            raise _GiveUp
+        task, prop = rows.task[at], (rows.prop[at] + 1).astype(np.uint16)
+        first_prop[task[::-1]] = prop[::-1]  # the last write wins: each task's first
+        if (first_prop[task] != prop).any():
+            raise _GiveUp  # a task shown two proposals
+    flat = rows.task * num_values + rows.label
+    sides = [
+        _smallest(np.bincount(flat[mask], minlength=m * num_values).reshape(m, num_values))
+        for mask in (rows.shown, ~rows.shown)
+    ]
+    return _Summary(rows.names, sides[0], sides[1], first_prop)
 
 
 def _all_distinct(key: np.ndarray) -> bool:
     # A stable sort (radix or merge of runs) is quick on rows grouped by task.
     key = np.sort(key, kind="stable")
     return not (key[1:] == key[:-1]).any()
+
+
+def clean_counts(
+    batches: Iterable[Any],
+    again: Callable[[], Iterable[Any]],
+    classes: tuple[str, ...] | None,
+) -> Counts | None:
+    """The counts of a table with no bad row, or ``None`` if it may have one.
+
+    Args:
+        batches: the record batches of the source, in order.
+        again: returns those batches once more (called only when a task spans batches,
+            to look for duplicates across them).
+        classes: the class names given, or ``None``.
+    """
+    reader = _Reader()
+    summaries: list[_Summary | None] = []
+    try:
+        for rb in batches:
+            if rb.num_rows:
+                rows = reader.rows(rb, register=True)
+                summaries.append(_summarise(rows, len(reader.values.names)))
+        if not summaries:
+            return None
+        ids, names = _number_tasks(summaries)
+        first_prop = _proposals(summaries, ids, len(names))
+        spanning = _spanning(ids, len(names))
+        if spanning is not None and not _unique_across(again(), reader, ids, spanning):
+            return None
+        sch = reader.values.scheme(classes)
+        class_of = reader.values.class_of(sch)
+    except _GiveUp:
+        return None
+    biased, unbiased = _add_up(summaries, ids, len(names), class_of, len(sch.classes))
+    proposals = np.full(len(names), -1, np.int32)
+    shown = first_prop > 0
+    proposals[shown] = class_of[first_prop[shown].astype(np.int64) - 1]
+    del first_prop
+    tasks = tuple(names.to_numpy(zero_copy_only=False))
+    return Counts(biased, unbiased, proposals, tasks, tuple(sch.classes))
+
+
+def _number_tasks(summaries: list[Any]) -> tuple[list[np.ndarray], Any]:
+    """Global task ids of each batch's tasks (order of first appearance) and the names."""
+    encoded = pc.dictionary_encode(pa.chunked_array([s.names for s in summaries], pa.string()))
+    for i, s in enumerate(summaries):
+        summaries[i] = s._replace(names=None)  # free each batch's names
+    ids = [c.indices.to_numpy().astype(np.int64) for c in encoded.chunks]
+    return ids, encoded.chunks[0].dictionary
+
+
+def _proposals(summaries: list[Any], ids: list[np.ndarray], n: int) -> np.ndarray:
+    """Each task's proposal value id + 1; gives up on two across batches."""
+    first = np.zeros(n, np.uint16)
+    for s, g in zip(summaries, ids):
+        p = s.first_prop
+        new = (p > 0) & (first[g] == 0)
+        first[g[new]] = p[new]
+        if ((p > 0) & (first[g] != p)).any():
+            raise _GiveUp
+    return first
+
+
+def _spanning(ids: list[np.ndarray], n: int) -> np.ndarray | None:
+    """Which tasks occur in more than one batch (``None``: none does)."""
+    seen = np.zeros(n, bool)
+    spans = np.zeros(n, bool)
+    for g in ids:
+        spans[g[seen[g]]] = True
+        seen[g] = True
+    return spans if spans.any() else None
+
+
+def _unique_across(
+    batches: Iterable[Any], reader: _Reader, ids: list[np.ndarray], spans: np.ndarray
+) -> bool:
+    """No two rows of the tasks ``spans`` (seen in several batches) are duplicates."""
+    num_workers = reader.workers.end + 1
+    num_values = len(reader.values.names) + 1
+    if spans.shape[0] * num_workers * num_values * 2 >= 2**63:
+        raise _GiveUp
+    keys = []
+    nonempty = (rb for rb in batches if rb.num_rows)
+    for rb, g in itertools.zip_longest(nonempty, ids):
+        if rb is None or g is None:
+            raise _GiveUp  # the second read differs from the first
+        rows = reader.rows(rb, register=False)
+        task = g[rows.task]
+        at = np.flatnonzero(spans[task])
+        key = (task[at] * num_workers + rows.worker[at]) * num_values + rows.label[at]
+        keys.append(key * 2 + rows.shown[at])
+    return _all_distinct(np.concatenate(keys))
+
+
+def _add_up(
+    summaries: list[_Summary | None], ids: list[np.ndarray], n: int, class_of: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``int32`` counts by task and class (frees the summaries as it goes)."""
+    out = (np.zeros((n, k), np.int32), np.zeros((n, k), np.int32))
+    for i, g in enumerate(ids):
+        s, summaries[i] = summaries[i], None
+        assert s is not None
+        for total, local in zip(out, (s.shown, s.not_shown)):
+            values = np.flatnonzero(local.any(axis=0))
+            if not values.size:
+                continue
+            cols = class_of[values]
+            if g[-1] - g[0] == g.shape[0] - 1 and (np.diff(g) == 1).all():  # a run of ids
+                block = total[g[0] : g[-1] + 1]
+                block[:, cols] += local[:, values]
+            else:  # (task, class) pairs are distinct: one scatter
+                total[g[:, None], cols[None, :]] += local[:, values]
+    return out

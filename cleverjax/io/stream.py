@@ -29,7 +29,7 @@ import pyarrow.dataset as ds
 
 from .._checks import as_path, check_choice, existing_path, positive_int
 from .cells import INT_RE, Values, parse_uniques, take
-from .clean_counts import clean_counts
+from .clean_counts import _parse_dictionary, clean_counts
 from .encode import (
     ClassScheme,
     Columns,
@@ -185,42 +185,6 @@ def _codes(array: Any) -> tuple[np.ndarray, Values]:
         array = pc.dictionary_encode(array)
     codes = array.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     return codes, _parse_dictionary(array.dictionary)
-
-
-def _parse_dictionary(values: Any) -> Values:
-    """:func:`~cleverjax.io.cells.parse_uniques` of an Arrow array, vectorised for text
-    and integers (each task name would otherwise cost a Python call)."""
-    kind = values.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        values = values.fill_null("")
-        # Integers of up to 18 digits fit int64 and lie within the parser's cap.
-        is_int = pc.match_substring_regex(values, r"^(0|-?[1-9][0-9]{0,17})$").to_numpy(
-            zero_copy_only=False
-        )
-        if pc.any(pc.match_substring_regex(values, r"^-?[1-9][0-9]{18,}$")).as_py():
-            return parse_uniques(values.to_pylist())  # huge integers: the parser clips them
-        text = values.to_numpy(zero_copy_only=False)
-        value = np.zeros(len(text), np.int64)
-        value[is_int] = np.asarray(text[is_int], dtype=np.int64) if is_int.any() else 0
-        missing = text == ""
-    elif pa.types.is_integer(kind) and kind.bit_width < 64 or pa.types.is_signed_integer(kind):
-        value = np.clip(values.fill_null(0).to_numpy().astype(np.int64), -(2**62), 2**62)
-        if values.null_count:
-            return parse_uniques(values.to_pylist())
-        text = pc.cast(values, pa.string()).to_numpy(zero_copy_only=False)
-        is_int = np.ones(len(text), bool)
-        missing = np.zeros(len(text), bool)
-    else:
-        return parse_uniques(values.to_pylist())
-    last = Values(
-        np.array([""], object), np.ones(1, bool), np.zeros(1, bool), np.zeros(1, np.int64)
-    )
-    return Values(
-        np.concatenate([text.astype(object), last.text]),
-        np.concatenate([missing.astype(bool), last.missing]),
-        np.concatenate([is_int.astype(bool), last.is_int]),
-        np.concatenate([value, last.value]),
-    )
 
 
 def _record_batches(src: _Source, batch_size: int) -> Iterator[Any]:
@@ -624,7 +588,6 @@ def read_counts(
     counts = clean_counts(
         _record_batches(src, batch_size),
         lambda: _record_batches(src, batch_size),
-        src.num_rows,
         names,
     )
     if counts is not None:  # no bad row: one read was enough
