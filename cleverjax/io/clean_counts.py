@@ -334,12 +334,19 @@ def clean_counts(
     except _GiveUp:
         return None
     biased, unbiased = _add_up(summaries, ids, len(names), class_of, len(sch.classes))
+    del summaries, ids
     proposals = np.full(len(names), -1, np.int32)
     shown = first_prop > 0
     proposals[shown] = class_of[first_prop[shown].astype(np.int64) - 1]
-    del first_prop
-    tasks = tuple(names.to_numpy(zero_copy_only=False))
-    return Counts(biased, unbiased, proposals, tasks, tuple(sch.classes))
+    del first_prop, shown
+    return Counts(biased, unbiased, proposals, _as_tuple(names), tuple(sch.classes))
+
+
+def _as_tuple(names: Any, chunk: int = 1 << 16) -> tuple[str, ...]:
+    """Arrow strings as a tuple of ``str``, converted a slice at a time (no list of all
+    of them next to the tuple)."""
+    slices = (names.slice(i, chunk).to_pylist() for i in range(0, len(names), chunk))
+    return tuple(itertools.chain.from_iterable(slices))
 
 
 def _number_tasks(summaries: list[Any]) -> tuple[list[np.ndarray], Any]:
@@ -348,7 +355,10 @@ def _number_tasks(summaries: list[Any]) -> tuple[list[np.ndarray], Any]:
     for i, s in enumerate(summaries):
         summaries[i] = s._replace(names=None)  # free each batch's names
     ids = [c.indices.to_numpy().astype(np.int64) for c in encoded.chunks]
-    return ids, encoded.chunks[0].dictionary
+    names = encoded.chunks[0].dictionary
+    del encoded
+    pa.default_memory_pool().release_unused()  # the encoder's hash table, else kept
+    return ids, names
 
 
 def _proposals(summaries: list[Any], ids: list[np.ndarray], n: int) -> np.ndarray:

@@ -193,7 +193,11 @@ def _record_batches(src: _Source, batch_size: int) -> Iterator[Any]:
         names = fragment.physical_schema.names
         columns = [c for c in _ALL_COLUMNS if c in names]
         try:
-            yield from fragment.to_batches(columns=columns, batch_size=batch_size, use_threads=True)
+            # Arrow decodes the next batches on its threads while this one is counted; a
+            # short read-ahead keeps that overlap without holding many decoded batches.
+            yield from fragment.to_batches(
+                columns=columns, batch_size=batch_size, use_threads=True, batch_readahead=2
+            )
         except (pa.ArrowInvalid, OSError) as e:
             raise ValueError(f"{file}: cannot be read as Parquet: {e}") from e
 
