@@ -183,9 +183,12 @@ def test_vectorised_cell_parsing_agrees_with_the_parser(values):
 
 
 @pytest.mark.parametrize("batch_size", [7, 1 << 20])
-def test_clean_table_is_counted_in_one_read(tmp_path, batch_size, monkeypatch):
-    from cleverjax.io import stream
+@pytest.mark.parametrize("collide", [False, True])
+def test_clean_table_is_counted_in_one_read(tmp_path, batch_size, collide, monkeypatch):
+    from cleverjax.io import clean_counts, stream
 
+    if collide:  # every name hashes alike: names are told apart by the fallback
+        monkeypatch.setattr(clean_counts, "_fingerprints", lambda n: np.zeros(len(n), np.uint64))
     used = []
     fast = stream.clean_counts
     monkeypatch.setattr(stream, "clean_counts", lambda *a: used.append(fast(*a)) or used[-1])

@@ -59,6 +59,7 @@ class _Summary(NamedTuple):
     shown: np.ndarray  # (tasks, values) counts with a proposal shown, smallest uint type
     not_shown: np.ndarray  # (tasks, values) counts without
     first_prop: np.ndarray  # uint16 per task: proposal value id + 1 (0: none shown)
+    fingerprints: np.ndarray  # uint64 per task: a hash of its name
 
 
 class _Names:
@@ -154,13 +155,16 @@ class _Classes:
 
 
 def _codes(column: Any) -> tuple[np.ndarray, Any]:
-    """Per-row dictionary codes (-1: null) and the dictionary."""
+    """Per-row dictionary codes (-1: null; a signed integer type, used only as indices)
+    and the dictionary."""
     if not pa.types.is_dictionary(column.type):
         column = pc.dictionary_encode(column)
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    codes = column.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    return codes, column.dictionary
+    indices = column.indices
+    if indices.null_count or not pa.types.is_signed_integer(indices.type):
+        indices = indices.cast(pa.int64()).fill_null(-1)
+    return indices.to_numpy(), column.dictionary
 
 
 def _parse_dictionary(values: Any) -> Values:
@@ -293,7 +297,7 @@ def _summarise(rows: _Rows, num_values: int) -> _Summary:
         _smallest(np.bincount(flat[mask], minlength=m * num_values).reshape(m, num_values))
         for mask in (rows.shown, ~rows.shown)
     ]
-    return _Summary(rows.names, sides[0], sides[1], first_prop)
+    return _Summary(rows.names, sides[0], sides[1], first_prop, _fingerprints(rows.names))
 
 
 def _all_distinct(key: np.ndarray) -> bool:
@@ -349,16 +353,63 @@ def _as_tuple(names: Any, chunk: int = 1 << 16) -> tuple[str, ...]:
     return tuple(itertools.chain.from_iterable(slices))
 
 
+def _fingerprints(names: Any) -> np.ndarray:
+    """A 64-bit FNV-1a hash of each Arrow string (with its length), vectorised over the
+    strings, one byte position at a time."""
+    n = len(names)
+    _, offsets_buf, data_buf = names.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int32)[names.offset : names.offset + n + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    start, length = offsets[:-1].astype(np.int64), np.diff(offsets)
+    h = np.full(n, 0xCBF29CE484222325, np.uint64) ^ length.astype(np.uint64)
+    prime = np.uint64(0x100000001B3)
+    for j in range(int(length.max(initial=0))):
+        live = np.flatnonzero(length > j)
+        h[live] = (h[live] ^ data[start[live] + j]) * prime  # wraps modulo 2**64
+    return h
+
+
 def _number_tasks(summaries: list[Any]) -> tuple[list[np.ndarray], Any]:
-    """Global task ids of each batch's tasks (order of first appearance) and the names."""
-    encoded = pc.dictionary_encode(pa.chunked_array([s.names for s in summaries], pa.string()))
+    """Global task ids of each batch's tasks (order of first appearance) and the names.
+
+    Names with distinct fingerprints are distinct, so only tasks whose fingerprints
+    repeat (a task in several batches) are matched, by comparing their names; a true
+    collision of two names (never seen in practice) falls back to Arrow's dictionary
+    encoding of all names."""
+    sizes = [len(s.names) for s in summaries]
+    names = pa.concat_arrays([s.names for s in summaries])
+    fp = np.concatenate([s.fingerprints for s in summaries])
     for i, s in enumerate(summaries):
-        summaries[i] = s._replace(names=None)  # free each batch's names
-    ids = [c.indices.to_numpy().astype(np.int64) for c in encoded.chunks]
-    names = encoded.chunks[0].dictionary
+        summaries[i] = s._replace(names=None, fingerprints=None)  # free them
+    order = np.argsort(fp, kind="stable")
+    fp = fp[order]
+    starts = np.concatenate([[True], fp[1:] != fp[:-1]])
+    del fp
+    if starts.all():  # every name distinct: ids in reading order
+        ids = np.arange(len(names))
+    else:
+        first = order[starts]  # the stable sort puts each name's first row first
+        rep = np.empty_like(order)
+        rep[order] = first[np.cumsum(starts) - 1]
+        del first, starts, order
+        again = np.flatnonzero(rep != np.arange(rep.shape[0]))
+        same = pc.equal(names.take(pa.array(again)), names.take(pa.array(rep[again])))
+        if not pc.all(same).as_py():
+            return _number_tasks_by_encoding(names, sizes)
+        is_first = np.ones(rep.shape[0], bool)
+        is_first[again] = False
+        ids = (np.cumsum(is_first) - 1)[rep]
+        names = names.filter(pa.array(is_first))
+    return np.split(ids, np.cumsum(sizes)[:-1]), names
+
+
+def _number_tasks_by_encoding(names: Any, sizes: list[int]) -> tuple[list[np.ndarray], Any]:
+    encoded = pc.dictionary_encode(names)
+    ids = encoded.indices.to_numpy().astype(np.int64)
+    names = encoded.dictionary
     del encoded
     pa.default_memory_pool().release_unused()  # the encoder's hash table, else kept
-    return ids, names
+    return np.split(ids, np.cumsum(sizes)[:-1]), names
 
 
 def _proposals(summaries: list[Any], ids: list[np.ndarray], n: int) -> np.ndarray:

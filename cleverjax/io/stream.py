@@ -1,9 +1,13 @@
 """Out-of-core counts: a Parquet file or folder read batch by batch, straight to counts.
 
 :func:`read_counts` applies the rules of :func:`~cleverjax.io.read_annotations` and
-:func:`~cleverjax.io.to_counts` without holding the long table: it keeps per-task state
-(counts, the proposal shown, where the task was first used) and 8 bytes per used row
-for the exact-duplicate check. It reads the data twice:
+:func:`~cleverjax.io.to_counts` without holding the long table.
+
+A table with no bad row (the usual case at scale) is counted in one read by
+:func:`~cleverjax.io.clean_counts.clean_counts`, which gives up at the first row the
+checks would reject. Otherwise the exact reader below keeps per-task state (counts, the
+proposal shown, where the task was first used) and 8 bytes per used row for the
+exact-duplicate check, and reads the data twice:
 
 1. :func:`_survey` decides between class names and class indices and finds the classes
    (as :func:`~cleverjax.io.encode.choose_classes` does for the whole table), and names
@@ -537,10 +541,13 @@ def read_counts(
     The result equals ``to_counts(read_annotations(...))`` of the same rows (for a folder,
     of its files' rows one after the other, in the order of their paths), with the same
     checks, the same rejected rows and the same messages, but the long table is never
-    held in memory: memory grows with the number of tasks (two ``(tasks, classes)``
-    int32 arrays and the task names) plus 8 bytes per annotation for the exact-duplicate
-    check, not with the rows' text. The data are read twice (once to fix the classes and
-    name the tasks, once to count), and a third time only if some row repeats another.
+    held in memory. A table with no bad row is read once (twice if a task's rows lie in
+    more than one batch, to rule out duplicates across them), and memory grows with the
+    number of tasks: the two ``(tasks, classes)`` int32 arrays and the task names, plus
+    a few bytes per task and class while reading. If a row is bad, the data are read
+    again, twice (once to fix the classes and name the tasks, once to count), and a
+    third time only if some row repeats another; that reader also keeps 8 bytes per
+    annotation for the exact-duplicate check.
 
     Columns, classes and row rules are those of :func:`read_annotations`. Rows are
     numbered from 0 within their file. CSV files are refused: they cannot be read in
