@@ -121,6 +121,14 @@ class _Classes:
         self.prop_uses = np.concatenate([self.prop_uses, np.zeros(grow, np.int64)])
         return ids
 
+    def count(self, s: _Summary) -> None:
+        """Add a batch's uses of each value as a label and as a proposal shown."""
+        self.label_uses += s.shown.sum(axis=0, dtype=np.int64)
+        self.label_uses += s.not_shown.sum(axis=0, dtype=np.int64)
+        weights = s.shown.sum(axis=1, dtype=np.int64)  # a task's rows show its one proposal
+        shown = np.bincount(s.first_prop, weights=weights, minlength=len(self.label_uses) + 1)
+        self.prop_uses += shown[1:].astype(np.int64)
+
     def scheme(self, classes: tuple[str, ...] | None) -> ClassScheme:
         """As :func:`~cleverjax.io.stream._survey` decides it."""
         is_int = np.asarray(self.is_int, bool)
@@ -259,9 +267,6 @@ class _Reader:
         if register:
             if self.values.first_is_int is None:
                 self.values.first_is_int = bool(self.values.is_int[label[0]])
-            num_values = len(self.values.names)
-            self.values.label_uses += np.bincount(label, minlength=num_values)
-            self.values.prop_uses += np.bincount(prop[shown], minlength=num_values)
         return _Rows(rank[tcode], names, worker_ids[wcode], label, prop, shown)
 
 
@@ -280,7 +285,8 @@ def _summarise(rows: _Rows, num_values: int) -> _Summary:
     num_workers = int(rows.worker.max(initial=0)) + 1
     if m * num_workers * num_values * 2 >= 2**63:
         raise _GiveUp
-    key = ((rows.task * num_workers + rows.worker) * num_values + rows.label) * 2 + rows.shown
+    value_side = rows.label * 2 + rows.shown  # (label value, shown) as one number
+    key = (rows.task * num_workers + rows.worker) * (2 * num_values) + value_side
     if not _all_distinct(key):
         raise _GiveUp  # an exact duplicate
     at = np.flatnonzero(rows.shown)
@@ -292,12 +298,10 @@ def _summarise(rows: _Rows, num_values: int) -> _Summary:
         first_prop[task[::-1]] = prop[::-1]  # the last write wins: each task's first
         if (first_prop[task] != prop).any():
             raise _GiveUp  # a task shown two proposals
-    flat = rows.task * num_values + rows.label
-    sides = [
-        _smallest(np.bincount(flat[mask], minlength=m * num_values).reshape(m, num_values))
-        for mask in (rows.shown, ~rows.shown)
-    ]
-    return _Summary(rows.names, sides[0], sides[1], first_prop, _fingerprints(rows.names))
+    both = np.bincount(rows.task * (2 * num_values) + value_side, minlength=m * 2 * num_values)
+    both = both.reshape(m, num_values, 2)
+    shown, not_shown = _smallest(both[:, :, 1]), _smallest(both[:, :, 0])
+    return _Summary(rows.names, shown, not_shown, first_prop, _fingerprints(rows.names))
 
 
 def _all_distinct(key: np.ndarray) -> bool:
@@ -325,7 +329,9 @@ def clean_counts(
         for rb in batches:
             if rb.num_rows:
                 rows = reader.rows(rb, register=True)
-                summaries.append(_summarise(rows, len(reader.values.names)))
+                summary = _summarise(rows, len(reader.values.names))
+                reader.values.count(summary)
+                summaries.append(summary)
         if not summaries:
             return None
         ids, names = _number_tasks(summaries)
