@@ -9,12 +9,12 @@ exact two-pass reader, which finds, reports and removes the bad rows. So the fas
 never has to report a row: it only has to be sure there is none.
 
 Each batch is summarised on its own, with vectorised NumPy and Arrow work only: its
-distinct task names (an Arrow string array, in order of first row), its counts per task
-and label *value* (the smallest unsigned type that holds them) and each task's proposal.
-The classes are fixed only at the end, from all labels, as
-:func:`~cleverjax.io.encode.choose_classes` does; a single Arrow dictionary encoding of
-all batches' task names then numbers the tasks in order of first appearance, and the
-summaries are added into the ``int32`` counts. The exact-duplicate check keeps nothing
+distinct task names (an Arrow string array, in order of first row, with a 64-bit hash
+of each), its counts per task and label *value* (the smallest unsigned type that holds
+them) and each task's proposal. The classes are fixed only at the end, from all labels,
+as :func:`~cleverjax.io.encode.choose_classes` does; sorting the hashes of all batches'
+task names then numbers the tasks in order of first appearance (names are compared only
+where hashes repeat), and the summaries are added into the ``int32`` counts. The exact-duplicate check keeps nothing
 per row: it checks each batch on its own, and only tasks seen in more than one batch
 need a second look, which reads the data once more (only then) and keeps a key per row
 of those tasks.
@@ -33,8 +33,6 @@ import pyarrow.compute as pc
 from .cells import INT_RE, Values, parse_uniques
 from .encode import ClassScheme, Votes, class_kind, default_classes, scheme
 from .types import Counts
-
-_ALL_COLUMNS = ("task", "worker", "label", "proposal")
 
 
 class _GiveUp(Exception):
