@@ -180,3 +180,41 @@ def test_vectorised_cell_parsing_agrees_with_the_parser(values):
     got, want = _parse_dictionary(pa.array(values)), parse_uniques(values)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("batch_size", [7, 1 << 20])
+@pytest.mark.parametrize("collide", [False, True])
+def test_clean_table_is_counted_in_one_read(tmp_path, batch_size, collide, monkeypatch):
+    from cleverjax.io import clean_counts, stream
+
+    if collide:  # every name hashes alike: names are told apart by the fallback
+        monkeypatch.setattr(clean_counts, "_fingerprints", lambda n: np.zeros(len(n), np.uint64))
+    used = []
+    fast = stream.clean_counts
+    monkeypatch.setattr(stream, "clean_counts", lambda *a: used.append(fast(*a)) or used[-1])
+    path = tmp_path / "clean.parquet"
+    write_table(shuffled_table(seed=3), path)
+    assert_same(read_counts(path, batch_size=batch_size), read_annotations(path))
+    assert used[-1] is not None  # the fast path answered
+
+
+@pytest.mark.parametrize("batch_size", [7, 1 << 20])
+@pytest.mark.parametrize("change", ["duplicate", "conflict", "unknown", "missing"])
+def test_one_bad_row_late_in_a_clean_table_is_found(tmp_path, batch_size, change):
+    df = shuffled_table(seed=4)
+    row = df.iloc[[0]].copy()  # repeats the first row, in another batch
+    if change == "conflict":
+        row["worker"] = "new"
+        row["proposal"] = next(c for c in CLASSES if c != row["proposal"].iloc[0])
+    elif change == "unknown":
+        row["label"] = "cow"
+    elif change == "missing":
+        row["worker"] = ""
+    df = pd.concat([df, row], ignore_index=True)
+    path = tmp_path / "late.parquet"
+    write_table(df, path)
+    with pytest.warns(UserWarning, match="rejected 1 of"):
+        expected = read_annotations(path, classes=CLASSES, on_error="skip")
+    with pytest.warns(UserWarning, match="rejected 1 of"):
+        read = read_counts(path, classes=CLASSES, on_error="skip", batch_size=batch_size)
+    assert_same(read, expected)

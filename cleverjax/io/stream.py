@@ -1,9 +1,13 @@
 """Out-of-core counts: a Parquet file or folder read batch by batch, straight to counts.
 
 :func:`read_counts` applies the rules of :func:`~cleverjax.io.read_annotations` and
-:func:`~cleverjax.io.to_counts` without holding the long table: it keeps per-task state
-(counts, the proposal shown, where the task was first used) and 8 bytes per used row
-for the exact-duplicate check. It reads the data twice:
+:func:`~cleverjax.io.to_counts` without holding the long table.
+
+A table with no bad row (the usual case at scale) is counted in one read by
+:func:`~cleverjax.io.clean_counts.clean_counts`, which gives up at the first row the
+checks would reject. Otherwise the exact reader below keeps per-task state (counts, the
+proposal shown, where the task was first used) and 8 bytes per used row for the
+exact-duplicate check, and reads the data twice:
 
 1. :func:`_survey` decides between class names and class indices and finds the classes
    (as :func:`~cleverjax.io.encode.choose_classes` does for the whole table), and names
@@ -29,6 +33,7 @@ import pyarrow.dataset as ds
 
 from .._checks import as_path, check_choice, existing_path, positive_int
 from .cells import INT_RE, Values, parse_uniques, take
+from .clean_counts import _parse_dictionary, clean_counts
 from .encode import (
     ClassScheme,
     Columns,
@@ -186,40 +191,19 @@ def _codes(array: Any) -> tuple[np.ndarray, Values]:
     return codes, _parse_dictionary(array.dictionary)
 
 
-def _parse_dictionary(values: Any) -> Values:
-    """:func:`~cleverjax.io.cells.parse_uniques` of an Arrow array, vectorised for text
-    and integers (each task name would otherwise cost a Python call)."""
-    kind = values.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        values = values.fill_null("")
-        # Integers of up to 18 digits fit int64 and lie within the parser's cap.
-        is_int = pc.match_substring_regex(values, r"^(0|-?[1-9][0-9]{0,17})$").to_numpy(
-            zero_copy_only=False
-        )
-        if pc.any(pc.match_substring_regex(values, r"^-?[1-9][0-9]{18,}$")).as_py():
-            return parse_uniques(values.to_pylist())  # huge integers: the parser clips them
-        text = values.to_numpy(zero_copy_only=False)
-        value = np.zeros(len(text), np.int64)
-        value[is_int] = np.asarray(text[is_int], dtype=np.int64) if is_int.any() else 0
-        missing = text == ""
-    elif pa.types.is_integer(kind) and kind.bit_width < 64 or pa.types.is_signed_integer(kind):
-        value = np.clip(values.fill_null(0).to_numpy().astype(np.int64), -(2**62), 2**62)
-        if values.null_count:
-            return parse_uniques(values.to_pylist())
-        text = pc.cast(values, pa.string()).to_numpy(zero_copy_only=False)
-        is_int = np.ones(len(text), bool)
-        missing = np.zeros(len(text), bool)
-    else:
-        return parse_uniques(values.to_pylist())
-    last = Values(
-        np.array([""], object), np.ones(1, bool), np.zeros(1, bool), np.zeros(1, np.int64)
-    )
-    return Values(
-        np.concatenate([text.astype(object), last.text]),
-        np.concatenate([missing.astype(bool), last.missing]),
-        np.concatenate([is_int.astype(bool), last.is_int]),
-        np.concatenate([value, last.value]),
-    )
+def _record_batches(src: _Source, batch_size: int) -> Iterator[Any]:
+    """The record batches of every file, in order, as stored (text as dictionaries)."""
+    for file, fragment in src.files:
+        names = fragment.physical_schema.names
+        columns = [c for c in _ALL_COLUMNS if c in names]
+        try:
+            # Arrow decodes the next batches on its threads while this one is counted; a
+            # short read-ahead keeps that overlap without holding many decoded batches.
+            yield from fragment.to_batches(
+                columns=columns, batch_size=batch_size, use_threads=True, batch_readahead=2
+            )
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ValueError(f"{file}: cannot be read as Parquet: {e}") from e
 
 
 def _batches(src: _Source, batch_size: int) -> Iterator[_Batch]:
@@ -557,10 +541,13 @@ def read_counts(
     The result equals ``to_counts(read_annotations(...))`` of the same rows (for a folder,
     of its files' rows one after the other, in the order of their paths), with the same
     checks, the same rejected rows and the same messages, but the long table is never
-    held in memory: memory grows with the number of tasks (two ``(tasks, classes)``
-    int32 arrays and the task names) plus 8 bytes per annotation for the exact-duplicate
-    check, not with the rows' text. The data are read twice (once to fix the classes and
-    name the tasks, once to count), and a third time only if some row repeats another.
+    held in memory. A table with no bad row is read once (twice if a task's rows lie in
+    more than one batch, to rule out duplicates across them), and memory grows with the
+    number of tasks: the two ``(tasks, classes)`` int32 arrays and the task names, plus
+    a few bytes per task and class while reading. If a row is bad, the data are read
+    again, twice (once to fix the classes and name the tasks, once to count), and a
+    third time only if some row repeats another; that reader also keeps 8 bytes per
+    annotation for the exact-duplicate check.
 
     Columns, classes and row rules are those of :func:`read_annotations`. Rows are
     numbered from 0 within their file. CSV files are refused: they cannot be read in
@@ -609,6 +596,13 @@ def read_counts(
         if not names:
             raise ValueError("`classes` must name at least one class; got an empty sequence")
     src = _open(source)
+    counts = clean_counts(
+        _record_batches(src, batch_size),
+        lambda: _record_batches(src, batch_size),
+        names,
+    )
+    if counts is not None:  # no bad row: one read was enough
+        return CountedTable(counts, _Rejected().frame(), src.num_rows, src.shown)
     sv = _survey(src, names, batch_size)
     k = len(sv.scheme.classes)
     st = _State(len(sv.tasks), k, sv.num_workers, src.num_rows)
