@@ -196,9 +196,38 @@ def main() -> None:
         print(json.dumps(run_case(args.one[0], json.loads(args.one[1]))), flush=True)
         return
     cases = TINY if args.tiny else {n: CASES[n] for n in (args.cases or CASES)}
+    results = {}
     with tempfile.TemporaryDirectory() as cache_dir:
         for name, spec in cases.items():
-            print(json.dumps(spawn(name, spec, cache_dir)), flush=True)
+            results[name] = spawn(name, spec, cache_dir)
+            print(json.dumps(results[name]), flush=True)
+    print(json.dumps(summary(results)), flush=True)
+
+
+TARGETS = {
+    "diverse_1e5": ("fit_s", 20.0),
+    "diverse_1e7": ("fit_s", 600.0),
+    "n100": ("fit_s", 30.0),
+    "n1000": ("fit_s", 60.0),
+    "small_cold": ("fit_s", 15.0),
+    "small_warm": ("fit_s", 5.0),
+}
+
+
+def summary(results: dict) -> dict:
+    """Each measured case against its target (None where the case was not run)."""
+    met = {}
+    for name, (field, limit) in TARGETS.items():
+        value = results.get(name, {}).get(field)
+        met[name] = None if value is None else bool(value <= limit)
+    for name, limit in (("diverse_1e7", 4.0), ("n1000", 2.0)):
+        peak = results.get(name, {}).get("peak_rss_gib")
+        met[f"{name}_memory"] = None if peak is None else bool(peak <= limit)
+    mixed, base = results.get("mixed", {}), results.get("mixed_base", {})
+    if "fit_s" in mixed and "fit_s" in base:
+        met["mixed_over_base"] = mixed["fit_s"] / base["fit_s"]
+    baseline = results.get("baseline", {}).get("image_steps_per_s")
+    return dict(case="summary", targets_met=met, baseline_image_steps_per_s=baseline)
 
 
 if __name__ == "__main__":

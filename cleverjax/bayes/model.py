@@ -213,7 +213,14 @@ class QuadratureELBO(ELBO):
             log_q, _ = log_density(guide, args, kwargs, sub)
             return log_p - log_q
 
-        elbo = jnp.sum(w * jax.vmap(elbo_at)(z.astype(jnp.result_type(float))))
+        nodes = z.astype(jnp.result_type(float))
+        # Batched, the delta-free part of the likelihood is computed once for all nodes;
+        # with many polynomial terms the per-node part dominates memory, so go node by node.
+        if config.num_terms <= 64:
+            values = jax.vmap(elbo_at)(nodes)
+        else:
+            values = jax.lax.map(elbo_at, nodes)
+        elbo = jnp.sum(w * values)
         return {"loss": -elbo, "mutable_state": None}
 
 
