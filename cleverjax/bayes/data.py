@@ -23,6 +23,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .. import _checks, distributed
 from .._random import key_data
+from ..distributed import local_arrays
 
 
 class EntryTable(NamedTuple):
@@ -318,18 +319,6 @@ def spans_processes(devices) -> bool:
     """Whether ``devices`` include another process's (several processes, global arrays)."""
     here = jax.process_index()
     return any(d.process_index != here for d in devices)
-
-
-def local_arrays(tree):
-    """``tree`` with every global array that spans several processes brought to this
-    process (a collective: every process must call it); anything else unchanged."""
-
-    def one(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return jnp.asarray(distributed.gather(x))
-        return x
-
-    return jax.tree.map(one, tree)
 
 
 def shard_rows(data: SPAData, devices) -> SPAData:
