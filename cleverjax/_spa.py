@@ -221,7 +221,7 @@ def _devices(devices: Sequence[jax.Device] | None, *arrays) -> tuple[jax.Device,
             raise ValueError("`devices` must name at least one device; got an empty sequence")
         return devs
     if any(_checks.is_traced(a) for a in arrays):
-        return (jax.devices()[0],)  # inside a caller's transformation: let the caller shard
+        return (jax.local_devices()[0],)  # inside a caller's transformation: it shards
     return tuple(jax.devices() if jax.process_count() > 1 else jax.local_devices())
 
 

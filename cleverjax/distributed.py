@@ -8,9 +8,10 @@ as one process does (an image's random numbers depend on the key and its index o
 Every process must make the same calls with the same arguments (JAX's multi-controller
 model); results are global arrays, and :func:`gather` brings one to every process.
 
-:func:`global_rows`, :func:`replicate` and :func:`gather` are the building blocks for
-data-parallel code such as the Bayesian fit: global arrays sharded on the row axis,
-built from each process's share of the rows or from rows that every process holds.
+:func:`global_rows`, :func:`replicate`, :func:`gather` and :func:`local_arrays` are the
+building blocks for data-parallel code such as the Bayesian fit: global arrays sharded on
+the row axis, built from each process's share of the rows or from rows that every process
+holds, and brought back to every process.
 
 :func:`add_arguments` and :func:`initialize_from_args` give a command line the options
 ``--coordinator HOST:PORT --num-processes P --process-id I``.
@@ -40,6 +41,7 @@ __all__ = [
     "global_rows",
     "initialize",
     "initialize_from_args",
+    "local_arrays",
     "replicate",
     "row_mesh",
 ]
@@ -424,5 +426,29 @@ def gather(tree: Any) -> Any:
         if x.is_fully_replicated:
             return np.asarray(x.addressable_data(0))
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, tree)
+
+
+def local_arrays(tree: Any) -> Any:
+    """``tree`` with each global array that spans several processes replaced by a local
+    ``jax.Array`` holding its global value; every other leaf is returned as it is.
+
+    Use it where code that expects local arrays (checks that read values, NumPy) takes
+    the result of a data-parallel computation. With one process it does nothing. Where a
+    leaf spans several processes this is a collective (see :func:`gather`): every process
+    must call it.
+
+    Args:
+        tree: a pytree (leaves of any type).
+
+    Returns:
+        The same pytree.
+    """
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.numpy.asarray(gather(x))
+        return x
 
     return jax.tree.map(one, tree)

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 import cleverjax as cj
 from cleverjax import distributed
+from cleverjax.study import load_study, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 20  # seconds: initialisation and heartbeat limits given to the workers
@@ -59,17 +61,51 @@ CASES = textwrap.dedent("""
             out["sweep"] = cj.simulate_sweep(key, p, rho, delta=jnp.array([0.1, 0.6]),
                                              num_annotations=jnp.array([3, 40]), num_seeds=2)
         return cj.distributed.gather(out)
+
+    def fit_case():
+        # Biased counts drawn with NumPy (delta 0.3), unbiased ones on the first 60 images.
+        rng = np.random.default_rng(51)
+        n, k = 300, 4
+        p = rng.dirichlet(np.full(k, 0.5), n)
+        rho = rng.integers(0, k, n).astype(np.int32)
+        accept = 0.3 * np.eye(k)[rho] + 0.7 * p
+        biased = np.stack([rng.multinomial(1 + i % 5, a) for i, a in enumerate(accept)])
+        unbiased = np.zeros_like(biased)
+        unbiased[:60] = [rng.multinomial(8, q) for q in p[:60]]
+        res = cj.fit(jax.random.key(4), biased.astype(np.int32), rho,
+                     unbiased_counts=unbiased.astype(np.int32), num_ppc_replicates=4)
+        return {"delta": np.array(res.delta), "delta_interval": np.array(res.delta_interval),
+                "posterior_mean": np.asarray(res.posterior_mean),
+                "lower": np.asarray(res.lower), "upper": np.asarray(res.upper),
+                "ppc_replicated": np.asarray(res.ppc.replicated)}
 """)
+
+STUDY = """
+truth = { preset = "Turkey", images = 150 }
+deltas = [0.3]
+annotations = [3, 10]
+seeds = [0, 1]
+methods = ["SPA", "CleverLabel", "CleverLabel+GT delta"]
+calibration_images = 60
+"""
 
 WORKER = CASES + textwrap.dedent("""
     import os, sys
     from jax.sharding import PartitionSpec
 
-    mode, port, pid, num, out_path = sys.argv[1:6]  # mode: "fast", "all" or "die"
+    mode, port, pid, num, out_path = sys.argv[1:6]  # "fast", "all", "fit", "study" or "die"
     pid, num = int(pid), int(num)
+    if mode == "study":  # the command line joins the processes itself
+        from pathlib import Path
+        from cleverjax._cli import main
+        # Only process 0 touches the folder: process 1 gets one that must stay unmade.
+        folder = out_path if pid == 0 else out_path + "-process-1"
+        sys.exit(main(["study", "run", str(Path(out_path).parent / "study.toml"), "--out",
+                       folder, "--quiet", "--coordinator", f"127.0.0.1:{port}",
+                       "--num-processes", str(num), "--process-id", str(pid)]))
     cj.distributed.initialize(f"127.0.0.1:{port}", num, pid, initialization_timeout=20,
                               heartbeat_timeout=5, shutdown_timeout=10)
-    assert jax.process_count() == 2 and len(jax.devices()) == 4, jax.devices()
+    assert jax.process_count() == num and len(jax.devices()) == 2 * num, jax.devices()
     if mode == "die":
         if pid == 1:
             os._exit(1)  # dies without a word to the others
@@ -77,6 +113,11 @@ WORKER = CASES + textwrap.dedent("""
         counts = cj.simulate_counts(jax.random.key(0), p, rho, num_annotations=num, delta=0.3)
         cj.distributed.gather(counts)
         print("gathered without the other process", flush=True)
+        sys.exit(0)
+    if mode == "fit":
+        result = fit_case()
+        if pid == 0:
+            np.savez(out_path, **result)
         sys.exit(0)
     result = simulate_all(mode)
     # The fit's building blocks: rows from every process's share, or from all rows.
@@ -114,19 +155,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env() -> dict[str, str]:
+def _env(x64: bool = False) -> dict[str, str]:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["JAX_ENABLE_X64"] = "1" if x64 else "0"
     return env
 
 
-def _launch(mode: str, out_path: Path, counts=(2, 2)):
+def _launch(mode: str, out_path: Path, counts=(2, 2), x64: bool = False):
     """Start one worker per entry of ``counts`` (its --num-processes); return them."""
     port = str(_free_port())
     return [
         subprocess.Popen(
             [sys.executable, "-c", WORKER, mode, port, str(pid), str(num), str(out_path)],
-            env=_env(),
+            env=_env(x64),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -149,9 +191,9 @@ def _finish(procs, timeout: float):
     return out
 
 
-def _run_pair(mode: str, out_path: Path) -> dict[str, np.ndarray]:
-    """Results of a two-process run, written by process 0."""
-    results = _finish(_launch(mode, out_path), timeout=300)
+def _run_pair(mode: str, out_path: Path, counts=(2, 2), x64=False) -> dict[str, np.ndarray]:
+    """Results of a two-process run (or as many as ``counts`` has), written by process 0."""
+    results = _finish(_launch(mode, out_path, counts, x64), timeout=600)
     for pid, (rc, _, stderr) in enumerate(results):
         assert rc == 0, f"process {pid} failed:\n{stderr[-3000:]}"
     return dict(np.load(out_path))
@@ -180,6 +222,45 @@ def test_simulations_equal_one_process(two_processes):
 @pytest.mark.slow
 def test_streamed_counts_and_sweep_equal_one_process(tmp_path):
     _check_equal_one_process(_run_pair("all", tmp_path / "result.npz"), "all")
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::cleverjax.ConvergenceWarning")
+def test_fit_equals_one_process(tmp_path):
+    """Every process gets the whole result of a fit over the devices of both. In float64
+    (both runs), so that the optimiser's stopping rule sees the same losses: the sums over
+    rows differ only in their order."""
+    got = _run_pair("fit", tmp_path / "two.npz", x64=True)
+    want = _run_pair("fit", tmp_path / "one.npz", counts=(1,), x64=True)
+    for name, value in want.items():
+        assert got[name].shape == value.shape and got[name].dtype == value.dtype, name
+    for name in ("delta", "delta_interval", "posterior_mean"):
+        np.testing.assert_allclose(got[name], want[name], atol=1e-3, err_msg=name)
+    # Interval ends are quantiles of per-image draws, each image from its own key.
+    for name in ("lower", "upper"):
+        np.testing.assert_allclose(got[name], want[name], atol=1e-2, err_msg=name)
+    assert 0.1 < float(got["delta"]) < 0.5
+
+
+def test_study_equals_one_process(tmp_path):
+    """`cleverjax study run` in two processes: process 0 alone writes the folder, and
+    its table equals one process's (wall times apart)."""
+    (tmp_path / "study.toml").write_text(STUDY)
+    folder = tmp_path / "two"
+    for pid, (rc, _, stderr) in enumerate(_finish(_launch("study", folder), timeout=300)):
+        assert rc == 0, f"process {pid} failed:\n{stderr[-3000:]}"
+    assert not Path(f"{folder}-process-1").exists()
+    assert sorted(f.name for f in folder.iterdir()) == [
+        "parts",
+        "results.csv",
+        "results.parquet",
+        "study.json",
+    ]
+    assert not list((folder / "parts").glob(".*"))
+    got = pd.read_parquet(folder / "results.parquet")
+    want = run_study(load_study(tmp_path / "study.toml"), tmp_path / "one")
+    assert len(got) == 2 * 2 * 3
+    pd.testing.assert_frame_equal(got.drop(columns="seconds"), want.drop(columns="seconds"))
 
 
 def test_simulations_equal_one_process_negative_control(two_processes):

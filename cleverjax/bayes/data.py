@@ -21,7 +21,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Bool, Float, Int
 
-from .. import _checks
+from .. import _checks, distributed
+from ..distributed import local_arrays
 
 
 class EntryTable(NamedTuple):
@@ -229,6 +230,9 @@ class Prepared(NamedTuple):
 
 def prepare(counts, proposals, unbiased_counts, probe) -> Prepared:
     """Validate the inputs of :func:`cleverjax.fit` and merge identical images."""
+    counts, proposals, unbiased_counts, probe = local_arrays(
+        (counts, proposals, unbiased_counts, probe)
+    )
     c = np.asarray(_checks.as_counts("counts", counts))
     n, k = c.shape
     if k < 2:
@@ -305,12 +309,25 @@ def pad(data: SPAData, multiple: int = 1) -> SPAData:
     return SPAData(*fields, table)
 
 
+def spans_processes(devices) -> bool:
+    """Whether ``devices`` include another process's (several processes, global arrays)."""
+    here = jax.process_index()
+    return any(d.process_index != here for d in devices)
+
+
 def shard_rows(data: SPAData, devices) -> SPAData:
     """Spread the rows over ``devices`` (data parallel; the row count must be a multiple of
-    the device count, see :func:`pad`). The entry table is replicated."""
+    the device count, see :func:`pad`). The entry table is replicated. When ``devices``
+    span several processes, every process holds all rows and the result is made of global
+    arrays (see :mod:`cleverjax.distributed`)."""
     devices = tuple(devices)
     if len(devices) == 1:
         return jax.device_put(data, devices[0])
+    if spans_processes(devices):
+        mesh = distributed.row_mesh(devices, "rows")
+        (fields,) = distributed.global_rows(tuple(data[:-1]), mesh=mesh)
+        (table,) = distributed.replicate(data.table, mesh=mesh)
+        return SPAData(*fields, table)
     mesh = Mesh(np.array(devices), ("rows",))
     by_row = NamedSharding(mesh, PartitionSpec("rows"))
     replicated = NamedSharding(mesh, PartitionSpec())

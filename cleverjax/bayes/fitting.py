@@ -31,7 +31,7 @@ from numpyro.infer import MCMC, NUTS, SVI
 from .. import _checks
 from .._checks import ArrayIn
 from .._random import as_typed_key
-from .data import Prepared, calibrated, pad, prepare, shard_rows, subsample
+from .data import Prepared, calibrated, local_arrays, pad, prepare, shard_rows, subsample
 from .likelihood import Prior
 from .model import (
     ModelConfig,
@@ -401,7 +401,9 @@ def fit(
             drawn at random (``None``: all).
         num_samples: keyword-only; NUTS samples (and warm-up) with ``method="nuts"``.
         devices: keyword-only; devices to spread the images over, data parallel (default:
-            all local devices).
+            all local devices; with several processes, the devices of all processes: every
+            process calls :func:`fit` with the same inputs, which may be global arrays,
+            and gets the whole result).
         progress: keyword-only; show a progress bar.
 
     Returns:
@@ -459,7 +461,9 @@ def fit(
         )
     if not (isinstance(tolerance, (int, float)) and tolerance > 0):
         raise ValueError(f"`tolerance` must be a positive number; got {tolerance!r}")
-    devs = tuple(jax.local_devices()) if devices is None else tuple(devices)
+    if devices is None:
+        devices = jax.devices() if jax.process_count() > 1 else jax.local_devices()
+    devs = tuple(devices)
     if not devs:
         raise ValueError("`devices` must name at least one device; got an empty sequence")
     config = ModelConfig(
@@ -495,6 +499,7 @@ def fit(
 
     # 1. The prior and the variational posterior of the globals.
     opt, _ = _optimise(k_opt, prep, config, init, devs, settings)
+    opt = opt._replace(params=local_arrays(opt.params))  # several processes: replicated
     prior = jax.block_until_ready(prior_from_params(opt.params, config))
     optimise_s = lap()
 
@@ -522,6 +527,7 @@ def fit(
         per_delta=per_delta,
         devices=devs,
     )
+    mean, lower, upper = local_arrays((mean, lower, upper))  # several processes: gathered
     rows = jnp.asarray(prep.inverse)
     posterior_mean = jax.block_until_ready(mean[rows])
     summaries_s = lap()

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+import jax
+
 from .. import distributed
 
 EXAMPLE = (
@@ -26,9 +28,12 @@ def _run(args: argparse.Namespace) -> int:
     from .run import run_study
     from .spec import load_study
 
+    distributed.initialize_from_args(args)  # before any JAX computation
     study = load_study(args.study)
     start = time.perf_counter()
     table = run_study(study, args.out, force=args.force, progress=not args.quiet)
+    if jax.process_index() != 0:
+        return 0  # process 0 reports
     print(
         f"{len(table)} rows ({table['cell'].nunique()} cells x {len(study.methods)} methods) "
         f"in {time.perf_counter() - start:.1f} s -> {args.out}/results.parquet, results.csv"

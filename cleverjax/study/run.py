@@ -9,10 +9,16 @@ Layout of a study folder::
 
 A run skips cells whose part exists, so a run killed at any moment (SIGKILL included)
 and started again with the same command loses nothing and scores nothing twice.
+
+With several processes (:mod:`cleverjax.distributed`) every process runs the same study:
+all of them score every cell together (the simulations and the fit are data parallel
+over the devices of all processes), process 0 alone reads and writes the folder, and
+sends the others what it decided (the cells left to score) and the final table.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -26,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from jax.experimental import multihost_utils
 from jaxtyping import Array
 from tqdm import tqdm
 
@@ -41,6 +48,7 @@ from .._correction import (
 from .._experiments import _ALL_METHODS
 from .._metrics import _kl_exact, _kl_paper
 from .._spa import propose, simulate_counts
+from ..distributed import local_arrays
 from .grid import Cell, cells, fold
 from .spec import Study, StudyError
 
@@ -105,9 +113,14 @@ class _Data(NamedTuple):
 
 
 def _simulate(study: Study, cell: Cell, p: Array) -> _Data:
-    """The cell's data; each draw's key folds in only the settings it depends on."""
+    """The cell's data; each draw's key folds in only the settings it depends on.
+
+    With several processes the draws are data parallel over all their devices; each
+    comes back to every process (:func:`cleverjax.distributed.local_arrays`), so that the
+    rest of the cell (scores, checks, the fit's own sharding) sees local arrays."""
     key = jax.random.key(cell.seed)
     rho = propose(fold(key, "proposals", study.accuracy), p, accuracy=study.accuracy)
+    rho = local_arrays(rho)
     cal = calibration_sample(
         fold(key, "calibration", cell.calibration_images, cell.calibration_annotations),
         p,
@@ -124,6 +137,7 @@ def _simulate(study: Study, cell: Cell, p: Array) -> _Data:
         delta=cell.delta,
         one_star=study.one_star,
     )
+    cal, unbiased, biased = local_arrays((cal, unbiased, biased))
     matrix = estimate_class_matrix(cal.counts)
     return _Data(rho, biased, unbiased, cal.indices, cal.counts, matrix)
 
@@ -303,6 +317,47 @@ def ordered(table: pd.DataFrame, study: Study) -> pd.DataFrame:
     return table.loc[order].reset_index(drop=True)
 
 
+def _from_process_0(payload: bytes) -> bytes:
+    """Process 0's ``payload`` on every process (a collective with several processes;
+    the others' payloads are ignored)."""
+    if jax.process_count() == 1:
+        return payload
+    size = multihost_utils.broadcast_one_to_all(np.int64(len(payload)))
+    buffer = np.zeros(int(size), np.uint8)
+    if jax.process_index() == 0:
+        buffer[:] = np.frombuffer(payload, np.uint8)
+    return np.asarray(multihost_utils.broadcast_one_to_all(buffer), np.uint8).tobytes()
+
+
+def _prepare_folder(study: Study, folder: Path, force: bool) -> list[str]:
+    """Check and set up the folder; return the ids of the cells left to score (with
+    several processes, process 0 does this and tells the others)."""
+    answer: dict[str, Any] = {}
+    if jax.process_index() == 0:
+        try:
+            _check_folder(study, folder, force)
+        except StudyError as err:
+            answer["error"] = str(err)
+        else:
+            parts = folder / "parts"
+            parts.mkdir(parents=True, exist_ok=True)
+            # Temporary files left by a run killed mid-write.
+            for stale in [
+                *parts.glob(".*.tmp"),
+                *folder.glob(".results.*.tmp"),
+                *folder.glob(".study.*.tmp"),
+            ]:
+                stale.unlink(missing_ok=True)
+            record = {"digest": study.digest(), "source": study.source, "study": study.normalised()}
+            _atomic(folder / "study.json", lambda f: f.write_text(json.dumps(record, indent=2)))
+            grid = cells(study)
+            answer["todo"] = [c.id for c in grid if not (parts / f"{c.id}.parquet").exists()]
+    answer = json.loads(_from_process_0(json.dumps(answer).encode()))
+    if "error" in answer:
+        raise StudyError(answer["error"])
+    return answer["todo"]
+
+
 def run_study(
     study: Study, out: str | os.PathLike, *, force: bool = False, progress: bool = False
 ) -> pd.DataFrame:
@@ -325,44 +380,44 @@ def run_study(
     Returns:
         The table, with :data:`COLUMNS`.
 
+    With several processes, every process calls it with the same arguments; process 0
+    alone reads and writes ``out`` (which the others need not see), and every process
+    returns the same table.
+
     Raises:
         StudyError: if ``out`` holds a different study and ``force`` is false.
     """
     folder = Path(out)
-    _check_folder(study, folder, force)
     parts = folder / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    # Temporary files left by a run killed mid-write.
-    for stale in [
-        *parts.glob(".*.tmp"),
-        *folder.glob(".results.*.tmp"),
-        *folder.glob(".study.*.tmp"),
-    ]:
-        stale.unlink(missing_ok=True)
-    record = {"digest": study.digest(), "source": study.source, "study": study.normalised()}
-    _atomic(folder / "study.json", lambda f: f.write_text(json.dumps(record, indent=2)))
-
+    writer = jax.process_index() == 0
+    left = set(_prepare_folder(study, folder, force))
     grid = cells(study)
-    todo = [c for c in grid if not (parts / f"{c.id}.parquet").exists()]
+    todo = [c for c in grid if c.id in left]
     bar = tqdm(
         total=len(grid),
         initial=len(grid) - len(todo),
         desc=f"study {Path(study.source).name}",
         unit="cell",
         file=sys.stderr,
-        disable=not progress,
+        disable=not (progress and writer),
     )
     on_device: dict[int, Array] = {}
     for cell in todo:
         if cell.truth not in on_device:
             on_device[cell.truth] = jnp.asarray(study.truths[cell.truth].p, jnp.result_type(float))
         rows = score_cell(study, cell, on_device[cell.truth])
-        _atomic(parts / f"{cell.id}.parquet", lambda f: rows.to_parquet(f, index=False))
+        if writer:
+            _atomic(parts / f"{cell.id}.parquet", lambda f: rows.to_parquet(f, index=False))
         bar.update()
     bar.close()
 
-    frames = [pd.read_parquet(parts / f"{c.id}.parquet") for c in grid]
-    table = ordered(_typed(pd.concat(frames, ignore_index=True)), study)
-    _atomic(folder / "results.parquet", lambda f: table.to_parquet(f, index=False))
-    _atomic(folder / "results.csv", lambda f: table.to_csv(f, index=False))
-    return table
+    table = None
+    if writer:
+        frames = [pd.read_parquet(parts / f"{c.id}.parquet") for c in grid]
+        table = ordered(_typed(pd.concat(frames, ignore_index=True)), study)
+        _atomic(folder / "results.parquet", lambda f: table.to_parquet(f, index=False))
+        _atomic(folder / "results.csv", lambda f: table.to_csv(f, index=False))
+    if jax.process_count() == 1:
+        return table
+    payload = _from_process_0(b"" if table is None else table.to_parquet(index=False))
+    return _typed(pd.read_parquet(io.BytesIO(payload)))
