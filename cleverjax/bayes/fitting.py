@@ -234,14 +234,21 @@ def _optimise(
     key, prep: Prepared, config: ModelConfig, init: Prior, devices, settings: dict
 ) -> tuple[Optimized, Any]:
     """Fit the prior and the variational posterior of the globals: on every image, or on
-    a random subsample of ``prior_images`` images plus every calibration image."""
+    a random subsample of ``prior_images`` images plus every calibration image.
+
+    The optimisation runs on one device of this process: its size is bounded by
+    ``prior_images``, a full batch needs no communication there, and the result then does
+    not depend on how many devices or processes there are (every process computes the
+    same numbers). The per-image summaries that follow are spread over all devices."""
     k_sub, k_opt = jax.random.split(key)
+    here = jax.process_index()
+    device = next((d for d in devices if d.process_index == here), jax.local_devices()[0])
     prior_images = settings["prior_images"]
     if prior_images is not None and prep.counts.shape[0] > prior_images:
         data, _ = subsample(prep, prior_images, k_sub)
     else:
         data = prep.data
-    data = shard_rows(pad(data, len(devices)), devices)
+    data = jax.device_put(pad(data), device)
     scale = float(prep.counts.shape[0])  # tolerances are per image
     optimizer = settings["optimizer"]
     common = dict(max_steps=settings["max_steps"], tolerance=settings["tolerance"], scale=scale)
@@ -499,7 +506,6 @@ def fit(
 
     # 1. The prior and the variational posterior of the globals.
     opt, _ = _optimise(k_opt, prep, config, init, devs, settings)
-    opt = opt._replace(params=local_arrays(opt.params))  # several processes: replicated
     prior = jax.block_until_ready(prior_from_params(opt.params, config))
     optimise_s = lap()
 

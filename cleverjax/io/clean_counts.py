@@ -14,10 +14,10 @@ of each), its counts per task and label *value* (the smallest unsigned type that
 them) and each task's proposal. The classes are fixed only at the end, from all labels,
 as :func:`~cleverjax.io.encode.choose_classes` does; sorting the hashes of all batches'
 task names then numbers the tasks in order of first appearance (names are compared only
-where hashes repeat), and the summaries are added into the ``int32`` counts. The exact-duplicate check keeps nothing
-per row: it checks each batch on its own, and only tasks seen in more than one batch
-need a second look, which reads the data once more (only then) and keeps a key per row
-of those tasks.
+where hashes repeat), and the summaries are added into the ``int32`` counts. The
+exact-duplicate check keeps nothing per row: it checks each batch on its own, and only
+tasks seen in more than one batch need a second look, which reads the data once more
+(only then) and keeps a key per row of those tasks.
 """
 
 from __future__ import annotations
