@@ -584,9 +584,7 @@ def test_windowed_weights_match_a_float64_reference(n):
             # The integral over t = p[rho] under Beta priors: what the likelihood uses.
             for a, b in ((0.5, 0.5), (2.0, 5.0), (50.0, 1.0)):
                 ok = np.isfinite(want)
-                log_t = [
-                    logsumexp((w + betaln(a + s, b + n - s))[ok]) for w in (row, want)
-                ]
+                log_t = [logsumexp((w + betaln(a + s, b + n - s))[ok]) for w in (row, want)]
                 assert abs(log_t[0] - log_t[1]) <= tol, (c, delta, one_star, a, b)
     # Negative control: summing only the first term of each inner sum is visibly wrong.
     narrow = likelihood._log_weights_block(
