@@ -9,9 +9,16 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+QUICK = {"spa_throughput.py"}
+"""Scripts cheap enough for the default run; the others fit models in fresh processes
+(minutes each) and run with ``pytest -m slow``."""
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "script",
+    [s if s.name in QUICK else pytest.param(s, marks=pytest.mark.slow) for s in SCRIPTS],
+    ids=lambda p: p.name,
+)
 def test_benchmark_runs_tiny(script):
     proc = subprocess.run(
         [sys.executable, str(script), "--tiny"], capture_output=True, text=True, timeout=900

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -74,7 +73,7 @@ def _options_without_default(parser) -> list[str]:
 
 def test_help_has_an_example_for_every_command(capsys):
     parser = build_parser()
-    commands = ["simulate", "correct", "fit", "reproduce", "bench", "demo"]
+    commands = ["simulate", "correct", "fit", "reproduce", "bench", "demo", "study"]
     assert list(_subparsers(parser)) == commands
     for command in commands:
         with pytest.raises(SystemExit) as exit_info:
@@ -217,17 +216,27 @@ def test_fit_passes_the_table_to_the_model_and_writes_its_results(simulated, mon
     def fake_fit(key, biased, proposals, *, unbiased_counts, probe, **kwargs):
         seen.update(biased=np.asarray(biased), unbiased=np.asarray(unbiased_counts), **kwargs)
         n, k = biased.shape
-        return SimpleNamespace(
-            posterior_mean=np.full((n, k), 1 / k),
+        labels = np.full((n, k), 1 / k)
+        return cj.FitResult(
             delta=0.3,
             delta_interval=(0.25, 0.35),
             one_star=0.99,
-            identified=True,
-            converged=True,
-            losses=np.zeros(7),
-            ppc=None,
+            one_star_interval=(0.99, 0.99),
+            posterior_mean=labels,
+            lower=labels,
+            upper=labels,
             level=0.9,
+            losses=np.zeros(7),
+            converged=True,
+            identified=True,
+            delta_samples=np.full(10, 0.3),
+            prior=None,
+            params={},
+            ppc=None,
+            method="svi",
             seconds=1.5,
+            step_seconds=0.1,
+            stage_seconds=cj.StageSeconds(0.1, 1.0, 0.1, 0.2, 0.1),
         )
 
     monkeypatch.setattr(cj, "fit", fake_fit)

@@ -249,6 +249,7 @@ def test_figure3_grid_on_a_small_preset():
     assert not cj.check_findings(fig._replace(medians=swapped))[0].holds
 
 
+@pytest.mark.slow  # the real-data grid; benchmarks/study_fig3.py runs it too
 def test_figure3_on_cifar10h(cifar10h_counts):
     p = cifar10h_counts / cifar10h_counts.sum(axis=1, keepdims=True)
     fig = cj.figure3(jax.random.key(0), p[:2000], num_annotations=(1, 100))

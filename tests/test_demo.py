@@ -41,6 +41,7 @@ def test_spa_check_would_catch_a_wrong_delta(ground_truth):
     assert np.all(np.abs(z) > 4)
 
 
+@pytest.mark.slow  # the whole demo; `cleverjax demo` is timed in benchmarks/RESULTS.md
 def test_demo_runs_end_to_end_and_its_repairs_beat_the_biased_labels(tmp_path, capsys):
     plot = tmp_path / "demo.png"
     table = run_demo(

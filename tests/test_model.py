@@ -314,6 +314,7 @@ def test_probes_identify_delta():
     assert res.delta_interval[1] - res.delta_interval[0] < 0.3
 
 
+@pytest.mark.slow
 def test_fit_annotators_recovers_each_annotator():
     p = cj.sample_ground_truth(
         jax.random.key(20), "Turkey", num_images=800, annotations_per_image=20
@@ -348,6 +349,7 @@ def test_fit_annotators_recovers_each_annotator():
     assert res.posterior_mean.shape == (800, 3)
 
 
+@pytest.mark.slow
 def test_plan_calibration_more_images_narrow_the_interval():
     p = cj.sample_ground_truth(
         jax.random.key(30), "Turkey", num_images=1500, annotations_per_image=20
@@ -490,6 +492,7 @@ def test_uncollapsed_model_log_density_matches_its_formula():
     np.testing.assert_allclose(float(got), want, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_subsampled_svi_runs_and_agrees():
     p, rho, biased, unbiased = campaign(60, n=800, calibration=150)
     full = cj.fit(jax.random.key(61), biased, rho, unbiased_counts=unbiased, num_ppc_replicates=0)

@@ -315,6 +315,17 @@ def spans_processes(devices) -> bool:
     return any(d.process_index != here for d in devices)
 
 
+def replicate_on(devices, tree):
+    """A copy of ``tree`` on every device of ``devices`` (one device: just there)."""
+    devices = tuple(devices)
+    if len(devices) == 1:
+        return jax.device_put(tree, devices[0])
+    mesh = Mesh(np.array(devices), ("rows",))
+    if spans_processes(devices):
+        return distributed.replicate(*tree, mesh=mesh)
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
 def shard_rows(data: SPAData, devices) -> SPAData:
     """Spread the rows over ``devices`` (data parallel; the row count must be a multiple of
     the device count, see :func:`pad`). The entry table is replicated. When ``devices``

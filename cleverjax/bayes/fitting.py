@@ -31,7 +31,16 @@ from numpyro.infer import MCMC, NUTS, SVI
 from .. import _checks
 from .._checks import ArrayIn
 from .._random import as_typed_key
-from .data import Prepared, calibrated, local_arrays, pad, prepare, shard_rows, subsample
+from .data import (
+    Prepared,
+    calibrated,
+    local_arrays,
+    pad,
+    prepare,
+    replicate_on,
+    shard_rows,
+    subsample,
+)
 from .likelihood import Prior
 from .model import (
     ModelConfig,
@@ -522,6 +531,11 @@ def fit(
     # 3. Every image's posterior.
     data = shard_rows(pad(prep.data, len(devs)), devs)
     per_delta = -(-int(num_interval_draws) // int(num_draws))
+    # The globals come from one device; every device gets its own copy.
+    impl = str(jax.random.key_impl(k_int))
+    k_int, prior, deltas, stars = replicate_on(
+        devs, (jax.random.key_data(k_int), prior, deltas, stars)
+    )
     mean, lower, upper = summaries(
         k_int,
         data,
@@ -532,6 +546,7 @@ def fit(
         level=float(level),
         per_delta=per_delta,
         devices=devs,
+        key_impl=impl,
     )
     mean, lower, upper = local_arrays((mean, lower, upper))  # several processes: gathered
     rows = jnp.asarray(prep.inverse)

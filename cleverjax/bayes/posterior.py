@@ -187,9 +187,11 @@ class Summaries(NamedTuple):
     upper: Float[Array, "rows classes"]
 
 
-@functools.partial(jax.jit, static_argnames=("num_terms", "level", "per_delta", "devices"))
+@functools.partial(
+    jax.jit, static_argnames=("num_terms", "level", "per_delta", "devices", "key_impl")
+)
 def summaries(
-    key,
+    key_data,
     data: SPAData,
     prior: Prior,
     deltas: Array,
@@ -199,14 +201,18 @@ def summaries(
     level: float,
     per_delta: int,
     devices: tuple,
+    key_impl: str = "threefry2x32",
 ) -> Summaries:
     """Posterior mean of p (averaged over the draws of the globals) and equal-tailed
     credible intervals from ``per_delta`` exact draws per draw of the globals.
 
     The weights ``W_s`` are computed once per delta draw and the delta-free part once per
-    row; every row draws from its own key (``key`` folded with the row's index), so the
-    results do not depend on blocking or on the number of devices.
+    row; every row draws from its own key (the key folded with the row's index), so the
+    results do not depend on blocking or on the number of devices. The key comes as its
+    data (``key_impl`` names its implementation), to be copied to every device like the
+    other inputs.
     """
+    key = jax.random.wrap_key_data(key_data, impl=key_impl)
     log_ws = jax.lax.map(
         lambda ds: table_log_weights(data.table, ds[0], ds[1], num_terms), (deltas, stars)
     )  # (draws, entries, terms)

@@ -37,6 +37,7 @@ from jaxtyping import Array
 from tqdm import tqdm
 
 from .._correction import (
+    EmptyRowsWarning,
     _bias_correction,
     _class_blending,
     _cleverlabel,
@@ -60,6 +61,7 @@ COLUMNS = (
     "num_annotations",
     "calibration_images",
     "calibration_annotations",
+    "empty_class_rows",
     "accuracy",
     "one_star",
     "mu",
@@ -76,8 +78,10 @@ COLUMNS = (
 )
 """Columns of a study table. ``kl`` is the paper's clipped KL(gt || estimate), ``kl_exact``
 the plain one (``inf`` where an estimate is 0 on a class the truth has), both means over
-images; ``delta_*`` and ``converged`` only for methods that estimate delta (Bayes);
-``seconds`` is the wall time of the method (the closed-form methods share their cell's)."""
+images; ``empty_class_rows`` counts the class-blending rows that no calibration image
+filled (they get the fallback row); ``delta_*`` and ``converged`` only for methods that
+estimate delta (Bayes); ``seconds`` is the wall time of the method (the closed-form
+methods share their cell's)."""
 
 _SETTINGS = ("delta", "num_annotations", "calibration_images", "calibration_annotations")
 
@@ -110,6 +114,7 @@ class _Data(NamedTuple):
     calibration_indices: Array
     calibration_counts: Array
     matrix: Array
+    empty_rows: int
 
 
 def _simulate(study: Study, cell: Cell, p: Array) -> _Data:
@@ -138,8 +143,13 @@ def _simulate(study: Study, cell: Cell, p: Array) -> _Data:
         one_star=study.one_star,
     )
     cal, unbiased, biased = local_arrays((cal, unbiased, biased))
-    matrix = estimate_class_matrix(cal.counts)
-    return _Data(rho, biased, unbiased, cal.indices, cal.counts, matrix)
+    # The table records the empty rows (a column), instead of a warning per cell.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyRowsWarning)
+        matrix = estimate_class_matrix(cal.counts)
+    filled = np.unique(np.argmax(np.asarray(cal.counts), axis=1)).size
+    empty = int(np.asarray(cal.counts).shape[1] - filled)
+    return _Data(rho, biased, unbiased, cal.indices, cal.counts, matrix, empty)
 
 
 def _fit_row(study: Study, cell: Cell, p: Array, data: _Data) -> dict[str, Any]:
@@ -235,6 +245,7 @@ def score_cell(study: Study, cell: Cell, p: Array) -> pd.DataFrame:
                 "num_annotations": cell.num_annotations,
                 "calibration_images": cell.calibration_images,
                 "calibration_annotations": cell.calibration_annotations,
+                "empty_class_rows": data.empty_rows,
                 "accuracy": study.accuracy,
                 "one_star": study.one_star,
                 "mu": study.mu,
@@ -249,7 +260,7 @@ def score_cell(study: Study, cell: Cell, p: Array) -> pd.DataFrame:
 
 def _typed(table: pd.DataFrame) -> pd.DataFrame:
     """Fixed dtypes, so that parts and tables compare equal however they were assembled."""
-    ints = ("images", "classes", "num_annotations", "calibration_images")
+    ints = ("images", "classes", "num_annotations", "calibration_images", "empty_class_rows")
     ints += ("calibration_annotations", "seed")
     floats = ("delta", "accuracy", "one_star", "mu", "kl", "kl_exact")
     floats += ("delta_estimate", "delta_lower", "delta_upper", "seconds")
