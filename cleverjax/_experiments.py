@@ -171,8 +171,7 @@ def figure3(
     sizes = _checks.as_int_array("num_annotations", list(num_annotations), ndim=1)
     if deltas_arr.shape[0] == 0 or sizes.shape[0] == 0:
         raise ValueError("`deltas` and `num_annotations` must not be empty")
-    if not isinstance(num_seeds, (int, np.integer)) or num_seeds < 1:
-        raise ValueError(f"`num_seeds` must be a positive int; got {num_seeds!r}")
+    num_seeds = _checks.positive_int("num_seeds", num_seeds)
     stages = tqdm(total=4, desc="figure3", disable=not progress, leave=False)
     k_prop, k_biased, k_unbiased, k_cal = jax.random.split(as_typed_key(key), 4)
     rho = propose(k_prop, p_arr, accuracy=accuracy)

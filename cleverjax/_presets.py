@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from . import _checks
 from ._random import as_typed_key
 
 
@@ -286,16 +287,11 @@ def sample_ground_truth(
     """
     info = preset(name)
     n = info.num_images if num_images is None else num_images
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"`num_images` must be a positive int; got {num_images!r}")
+    n = _checks.positive_int("num_images", n)
     if not concentration > 0:
         raise ValueError(f"`concentration` must be > 0; got {concentration}")
-    if annotations_per_image is not None and (
-        not isinstance(annotations_per_image, (int, np.integer)) or annotations_per_image < 1
-    ):
-        raise ValueError(
-            f"`annotations_per_image` must be a positive int; got {annotations_per_image!r}"
-        )
+    if annotations_per_image is not None:
+        _checks.positive_int("annotations_per_image", annotations_per_image)
     k_class, k_p, k_ann = jax.random.split(as_typed_key(key), 3)
     dtype = jnp.result_type(float)
     matrix = jnp.asarray(info.class_matrix, dtype)

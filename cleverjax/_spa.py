@@ -88,8 +88,7 @@ class Annotators(eqx.Module):
             mean: population mean of delta, in (0, 1).
             concentration: Beta concentration ``a + b`` (> 0); larger means more alike.
         """
-        if not isinstance(num_annotators, (int, np.integer)) or num_annotators < 1:
-            raise ValueError(f"`num_annotators` must be a positive int; got {num_annotators!r}")
+        num_annotators = _checks.positive_int("num_annotators", num_annotators)
         if not 0 < mean < 1:
             raise ValueError(f"`mean` must lie in (0, 1); got {mean}")
         if not concentration > 0:
@@ -669,8 +668,7 @@ def simulate_counts(
 
 
 def _check_block(block: int) -> None:
-    if not isinstance(block, (int, np.integer)) or block < 1:
-        raise ValueError(f"`block_size` must be a positive int; got {block!r}")
+    _checks.positive_int("block_size", block)
 
 
 def simulate_annotations(
@@ -862,8 +860,7 @@ def simulate_sweep(
     kd = key_data(key)
     deltas = _checks.as_float_array("delta", delta, ndim=1)
     sizes = _checks.as_int_array("num_annotations", num_annotations, ndim=1)
-    if not isinstance(num_seeds, (int, np.integer)) or num_seeds < 1:
-        raise ValueError(f"`num_seeds` must be a positive int; got {num_seeds!r}")
+    num_seeds = _checks.positive_int("num_seeds", num_seeds)
     x = _validate_common(p, proposals, 0.0, one_star, on_certain)
     deltas = _checks.check_range("delta", deltas, 0.0, x.one_star)
     sizes = _checks.check_range("num_annotations", sizes, 0, 2**31 - 1)

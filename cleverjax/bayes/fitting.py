@@ -167,8 +167,7 @@ def _check_beta_prior(name: str, prior) -> tuple[float, float]:
 
 def _check_positive_ints(**values) -> None:
     for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"`{name}` must be a positive int; got {v!r}")
+        _checks.positive_int(name, v)
 
 
 def _identification(prep: Prepared) -> tuple[bool, int, int]:

@@ -97,8 +97,7 @@ def plan_calibration(
     sizes = sorted(int(m) for m in sizes)
     if not sizes or sizes[0] < 3 or sizes[-1] > n:
         raise ValueError(f"`sizes` must be ints in [3, {n}] (the number of images); got {sizes}")
-    if not isinstance(replicates, (int, np.integer)) or replicates < 1:
-        raise ValueError(f"`replicates` must be a positive int; got {replicates!r}")
+    replicates = _checks.positive_int("replicates", replicates)
     k_pilot, k_fit, k_runs = jax.random.split(as_typed_key(key), 3)
 
     def campaign(k, size):
