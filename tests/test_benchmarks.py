@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
-QUICK = {"spa_throughput.py"}
-"""Scripts cheap enough for the default run; the others fit models in fresh processes
-(minutes each) and run with ``pytest -m slow``."""
+QUICK: set[str] = set()
+"""Scripts cheap enough for the default run (none: each compiles in fresh processes, and
+the fitting ones take minutes); all run with ``pytest -m slow``."""
 
 
 @pytest.mark.parametrize(

@@ -364,7 +364,7 @@ def test_plan_calibration_more_images_narrow_the_interval():
     assert plan.recommended == (int(narrow.iloc[0]) if len(narrow) else None)
 
 
-@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("first_order", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_divergence_raises_instead_of_returning_nan(first_order):
     import optax
     from numpyro.infer import SVI

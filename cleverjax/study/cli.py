@@ -28,7 +28,6 @@ def _run(args: argparse.Namespace) -> int:
     from .run import run_study
     from .spec import load_study
 
-    distributed.initialize_from_args(args)  # before any JAX computation
     study = load_study(args.study)
     start = time.perf_counter()
     table = run_study(study, args.out, force=args.force, progress=not args.quiet)
