@@ -347,6 +347,11 @@ def shard_rows(data: SPAData, devices) -> SPAData:
     return SPAData(*fields, table)
 
 
+def numpy_rng(key) -> np.random.Generator:
+    """A NumPy generator seeded by a JAX key, for host-side choices of rows."""
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint64).tolist())
+
+
 def subsample(prep: Prepared, num_images: int, key) -> tuple[SPAData, float]:
     """Rows for fitting the prior from at most ``num_images`` images: every calibration
     image (they carry delta's information) and a uniform random sample of the others, whose
@@ -356,7 +361,7 @@ def subsample(prep: Prepared, num_images: int, key) -> tuple[SPAData, float]:
     cal = (nb > 0) & ((nu > 0) | prep.probe)
     others = np.flatnonzero(~cal)
     take = max(num_images - int(cal.sum()), 1)
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint64).tolist())
+    rng = numpy_rng(key)
     chosen = np.sort(rng.choice(others, size=min(take, len(others)), replace=False))
     keep = np.concatenate([np.flatnonzero(cal), chosen])
     scale = len(others) / max(len(chosen), 1)

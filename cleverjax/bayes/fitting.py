@@ -35,6 +35,7 @@ from .data import (
     Prepared,
     calibrated,
     local_arrays,
+    numpy_rng,
     pad,
     prepare,
     replicate_on,
@@ -324,7 +325,7 @@ def _ppc_images(key, prep: Prepared, num_images: int | None) -> np.ndarray:
     n = prep.counts.shape[0]
     if num_images is None or n <= num_images:
         return np.arange(n)
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint64).tolist())
+    rng = numpy_rng(key)
     return np.sort(rng.choice(n, size=num_images, replace=False))
 
 
