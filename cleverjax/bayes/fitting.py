@@ -35,7 +35,6 @@ from .data import (
     Prepared,
     calibrated,
     local_arrays,
-    numpy_rng,
     pad,
     prepare,
     replicate_on,
@@ -49,11 +48,14 @@ from .model import (
     _global_sites,
     component_kinds,
     global_guide,
+    initial_params,
+    negative_elbo,
+    param_constraints,
     prior_from_params,
     spa_model,
 )
 from .optimize import Optimized, lenient_promotion, run_lbfgs, run_svi
-from .posterior import PosteriorPredictive, ppc, stratified, summaries
+from .posterior import PosteriorPredictive, acceptance_check, stratified, summaries
 
 MIN_CALIBRATION_IMAGES = 20
 """Calibration images (biased annotations plus unbiased ones, or a probe proposal) below
@@ -235,8 +237,7 @@ def initial_prior(prep: Prepared, config: ModelConfig) -> Prior:
 def _svi(config: ModelConfig, optimizer) -> SVI:
     """One SVI object per model configuration and optimizer, so that compiled programs
     are reused by later fits in the process."""
-    transform = optax.sgd(0.0) if optimizer is None else optimizer  # L-BFGS: unused
-    return SVI(spa_model, global_guide, transform, QuadratureELBO(), config=config)
+    return SVI(spa_model, global_guide, optimizer, QuadratureELBO(), config=config)
 
 
 def _optimise(
@@ -261,10 +262,19 @@ def _optimise(
     scale = float(prep.counts.shape[0])  # tolerances are per image
     optimizer = settings["optimizer"]
     common = dict(max_steps=settings["max_steps"], tolerance=settings["tolerance"], scale=scale)
-    kwargs = {"init": init}
-    run = run_lbfgs if optimizer is None else run_svi
-    svi = _svi(config, optimizer)
-    out = run(svi, k_opt, (data,), kwargs, progress=settings["progress"], **common)
+    if optimizer is None:
+        out = run_lbfgs(
+            negative_elbo,
+            initial_params(config, init),
+            param_constraints,
+            (data,),
+            config,
+            progress=settings["progress"],
+            **common,
+        )
+    else:
+        svi = _svi(config, optimizer)
+        out = run_svi(svi, k_opt, (data,), {"init": init}, progress=settings["progress"], **common)
     return out, data
 
 
@@ -320,15 +330,6 @@ def _interval(draws: Array, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _ppc_images(key, prep: Prepared, num_images: int | None) -> np.ndarray:
-    """The images the predictive check uses: all, or a random subset of ``num_images``."""
-    n = prep.counts.shape[0]
-    if num_images is None or n <= num_images:
-        return np.arange(n)
-    rng = numpy_rng(key)
-    return np.sort(rng.choice(n, size=num_images, replace=False))
-
-
 # ----------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------
@@ -356,7 +357,6 @@ def fit(
     num_draws: int = 16,
     num_interval_draws: int = 200,
     num_ppc_replicates: int = 50,
-    ppc_images: int | None = 100_000,
     num_samples: int = 1000,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = False,
@@ -411,10 +411,9 @@ def fit(
         num_draws: keyword-only; draws of the globals the posterior mean averages over.
         num_interval_draws: keyword-only; posterior draws per image for the intervals,
             rounded up to a multiple of ``num_draws``.
-        num_ppc_replicates: keyword-only; replicated data sets for the predictive check
-            (0 to skip).
-        ppc_images: keyword-only; the predictive check uses at most this many images,
-            drawn at random (``None``: all).
+        num_ppc_replicates: keyword-only; replicated acceptance rates drawn for the
+            predictive check (0 to skip the check). The check itself uses every image's
+            exact predictive moments (see :class:`cleverjax.PosteriorPredictive`).
         num_samples: keyword-only; NUTS samples (and warm-up) with ``method="nuts"``.
         devices: keyword-only; devices to spread the images over, data parallel (default:
             all local devices; with several processes, the devices of all processes: every
@@ -468,7 +467,6 @@ def fit(
         num_interval_draws=num_interval_draws,
         num_samples=num_samples,
         **({} if prior_images is None else {"prior_images": prior_images}),
-        **({} if ppc_images is None else {"ppc_images": ppc_images}),
     )
     if subsample_size is not None and not first_order:
         raise ValueError(
@@ -536,7 +534,7 @@ def fit(
     k_int, prior, deltas, stars = replicate_on(
         devs, (jax.random.key_data(k_int), prior, deltas, stars)
     )
-    mean, lower, upper = summaries(
+    out = summaries(
         k_int,
         data,
         prior,
@@ -548,26 +546,27 @@ def fit(
         devices=devs,
         key_impl=impl,
     )
-    mean, lower, upper = local_arrays((mean, lower, upper))  # several processes: gathered
+    out = local_arrays(tuple(out))  # several processes: gathered
     rows = jnp.asarray(prep.inverse)
-    posterior_mean = jax.block_until_ready(mean[rows])
+    mean, lower, upper = (x[rows] for x in out[:3])
+    posterior_mean = jax.block_until_ready(mean)
     summaries_s = lap()
 
-    # 4. The predictive check.
+    # 4. The predictive check, from the rows' exact predictive moments.
     check = None
     if num_ppc_replicates:
-        k_pick, k_rep = jax.random.split(k_ppc)
-        images = _ppc_images(k_pick, prep, ppc_images)
-        check = ppc(
-            k_rep,
-            prep.data,
-            prep.inverse[images],
-            prep.counts[images],
-            prep.proposals[images],
-            prior,
-            deltas,
-            stars,
-            num_terms=config.num_terms,
+        num_rows = prep.data.num_rows
+        counts = np.asarray(prep.data.counts)
+        rho = np.asarray(prep.data.proposals)
+        check = acceptance_check(
+            k_ppc,
+            rho,
+            counts[np.arange(num_rows), rho],
+            counts.sum(axis=1),
+            np.asarray(prep.data.weight),
+            np.asarray(out[3])[:num_rows],
+            np.asarray(out[4])[:num_rows],
+            num_classes=counts.shape[1],
             num_replicates=int(num_ppc_replicates),
         )
     check_s = lap()
@@ -577,8 +576,8 @@ def fit(
         one_star=float(jnp.mean(all_stars)),
         one_star_interval=_interval(all_stars, level),
         posterior_mean=posterior_mean,
-        lower=lower[rows],
-        upper=upper[rows],
+        lower=lower,
+        upper=upper,
         level=float(level),
         losses=jnp.asarray(opt.losses),
         converged=opt.converged,

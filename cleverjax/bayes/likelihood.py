@@ -84,14 +84,6 @@ CONCENTRATION_BOUNDS = (1e-2, 1e4)
 them to 0 or infinity, where the likelihood is flat and float32 overflows)."""
 
 
-MIN_ALPHA = 1e-4
-"""Floor on Dirichlet parameters: below it float32 Gamma functions lose all precision."""
-
-CONCENTRATION_BOUNDS = (1e-2, 1e4)
-"""Range of the learned Dirichlet concentrations (empirical Bayes can otherwise drive
-them to 0 or infinity, where the likelihood is flat and float32 overflows)."""
-
-
 def _xlogy(k: Array, log_x: Array) -> Array:
     """k * log(x) with 0 * log(0) = 0."""
     return jnp.where(k > 0, k * log_x, 0.0)
@@ -399,27 +391,39 @@ def _term_weights(log_mix: Array) -> Array:
     return jnp.where(ok, w / jnp.where(ok, jnp.sum(w, axis=-1, keepdims=True), 1.0), 0.0)
 
 
-def entry_mean_t(table: EntryTable, prior: Prior, t: TPart) -> Float[Array, "entries comps"]:
-    """Posterior mean of t per entry and component."""
+def entry_moments_t(table: EntryTable, prior: Prior, t: TPart) -> tuple[Array, Array]:
+    """Posterior mean and second moment of t per entry and component (exact: each Beta
+    term's moments, weighted by the term's posterior weight)."""
     dtype = t.log_mix.dtype
     mix = _term_weights(t.log_mix)  # (E, comps, terms)
     s = jnp.arange(t.log_mix.shape[-1], dtype=dtype)[None, None, :]
-    total = (table.n + table.m).astype(dtype)[:, None]
-    mean_t_terms = (t.a_t[..., None] + table.u.astype(dtype)[:, None, None] + s) / (
-        t.a_t + t.b_t + total
-    )[..., None]
+    total = (t.a_t + t.b_t + (table.n + table.m).astype(dtype)[:, None])[..., None]
+    a = t.a_t[..., None] + table.u.astype(dtype)[:, None, None] + s
+    first = jnp.sum(mix * (a / total), axis=-1)
+    second = jnp.sum(mix * (a * (a + 1) / (total * (total + 1))), axis=-1)
     kind = jnp.asarray(prior.kind)[None, :]
-    return jnp.where(
-        kind == 0, jnp.sum(mix * mean_t_terms, axis=-1), jnp.where(kind == 1, 0.0, 1.0)
-    )
+    spike = jnp.where(kind == 1, 0.0, 1.0).astype(dtype)  # t = 0 or t = 1 exactly
+    return jnp.where(kind == 0, first, spike), jnp.where(kind == 0, second, spike)
+
+
+def entry_mean_t(table: EntryTable, prior: Prior, t: TPart) -> Float[Array, "entries comps"]:
+    """Posterior mean of t per entry and component."""
+    return entry_moments_t(table, prior, t)[0]
+
+
+def responsibilities(data: SPAData, rows: RowPart, t: TPart) -> Float[Array, "rows comps"]:
+    """Posterior probability of each mixture component, per row."""
+    return jax.nn.softmax(log_marginal(data, rows, t), axis=-1)
 
 
 def posterior_mean_given(
-    data: SPAData, rows: RowPart, t: TPart, mean_t: Array
+    data: SPAData, rows: RowPart, t: TPart, mean_t: Array, resp: Array | None = None
 ) -> Float[Array, "rows classes"]:
-    """Exact posterior mean of p for each row, from the two parts and ``entry_mean_t``."""
+    """Exact posterior mean of p for each row, from the two parts and ``entry_mean_t``
+    (``resp``: the rows' :func:`responsibilities`, when already computed)."""
     dtype = rows.a_rest.dtype
-    resp = jax.nn.softmax(log_marginal(data, rows, t), axis=-1)  # (rows, comps)
+    if resp is None:
+        resp = responsibilities(data, rows, t)
     is_rho = _is_rho(data.proposals, data.counts.shape[1])
     mean_r = rows.a_rest / jnp.sum(rows.a_rest, axis=-1, keepdims=True)
     m_t = mean_t[data.entry]

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from jax.scipy.special import logsumexp
 from jaxtyping import Array
 from numpyro.distributions import constraints
 from numpyro.infer.elbo import ELBO
@@ -24,7 +25,10 @@ from .likelihood import (
     Prior,
     entry_log_weights,
     log_likelihood,
+    log_marginal,
     log_weights_annotators,
+    row_part,
+    t_part,
 )
 
 
@@ -222,6 +226,88 @@ class QuadratureELBO(ELBO):
             values = jax.lax.map(elbo_at, nodes)
         elbo = jnp.sum(w * values)
         return {"loss": -elbo, "mutable_state": None}
+
+
+# ----------------------------------------------------------------------------------
+# The same objective written out, for the quasi-Newton fit
+# ----------------------------------------------------------------------------------
+
+
+def initial_params(config: ModelConfig, init: Prior) -> dict:
+    """Starting values of every parameter of :func:`spa_model` and :func:`global_guide`
+    (constrained; NumPyro's parameter names)."""
+    params = {
+        "prior_mean_logits": jnp.log(init.mean),
+        "prior_concentration": init.concentration,
+        "prior_weight_logits": jnp.log(init.weights),
+    }
+    for site, start in _global_sites(config):
+        params[f"{site}_loc"] = jnp.asarray(start, init.concentration.dtype)
+        params[f"{site}_scale"] = jnp.asarray(0.1, init.concentration.dtype)
+    return params
+
+
+def param_constraints(config: ModelConfig) -> dict:
+    """The support of each parameter (NumPyro constraints)."""
+    out = {
+        "prior_mean_logits": constraints.real,
+        "prior_concentration": constraints.interval(*CONCENTRATION_BOUNDS),
+        "prior_weight_logits": constraints.real,
+    }
+    for site, _ in _global_sites(config):
+        out[f"{site}_loc"] = constraints.real
+        out[f"{site}_scale"] = constraints.positive
+    return out
+
+
+def negative_elbo(params: dict, data: SPAData, config: ModelConfig, num_nodes: int = 6) -> Array:
+    """The loss of :class:`QuadratureELBO` on :func:`spa_model` and :func:`global_guide`
+    (without annotators or subsampling), written out as one function of the constrained
+    parameters: the same number, traced in a fraction of the time, for the quasi-Newton
+    optimiser."""
+    dtype = params["prior_concentration"].dtype
+    prior = prior_from_params(params, config)
+    sites = [name for name, _ in _global_sites(config)]
+    nodes, weights = np.polynomial.hermite_e.hermegauss(num_nodes)
+    weights = weights / weights.sum()
+    grid = np.stack([g.ravel() for g in np.meshgrid(*([nodes] * len(sites)), indexing="ij")], 1)
+    wgrid = np.meshgrid(*([weights] * len(sites)), indexing="ij")
+    w = jnp.asarray(np.prod(np.stack([g.ravel() for g in wgrid], axis=1), axis=1), dtype)
+    rows = row_part(data, prior)  # delta-free: once for every node
+    cut = config.delta_from == "calibration"
+
+    def at(z):
+        log_joint = 0.0
+        values = {}
+        for j, site in enumerate(sites):
+            loc, scale = params[f"{site}_loc"], params[f"{site}_scale"]
+            x = loc + scale * z[j]
+            v = jax.nn.sigmoid(x)
+            values[site] = v
+            # Guide: Normal on the logit scale, pushed through the sigmoid.
+            log_q = dist.Normal(loc, scale).log_prob(x) - jnp.log(v) - jnp.log1p(-v)
+            log_joint = log_joint - log_q
+        one_star = values.get("one_star")
+        if one_star is None:
+            one_star = jnp.asarray(config.one_star, dtype)
+        else:
+            log_joint = log_joint + dist.Beta(*config.one_star_prior).log_prob(one_star)
+        frac = values["delta_fraction"]
+        log_joint = log_joint + dist.Beta(*config.delta_prior).log_prob(frac)
+        log_w = entry_log_weights(
+            data.table,
+            one_star * frac,
+            one_star,
+            config.num_terms,
+            num_classes=config.num_classes,
+            cut=cut,
+        )
+        t = t_part(data.table, prior, log_w)
+        return log_joint + jnp.sum(data.weight * logsumexp(log_marginal(data, rows, t), axis=-1))
+
+    z = jnp.asarray(grid, dtype)
+    values = jax.vmap(at)(z) if config.num_terms <= 64 else jax.lax.map(at, z)
+    return -jnp.sum(w * values)
 
 
 def spa_model_uncollapsed(

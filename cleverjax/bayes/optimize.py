@@ -16,8 +16,12 @@ import warnings
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array
+from numpyro.distributions.transforms import biject_to
 from numpyro.infer import SVI
 from tqdm import tqdm
 
@@ -106,83 +110,185 @@ def _run_chunks(run_chunk, state, *, max_steps: int, chunk: int, converged_fn, p
     return state, np.concatenate(losses), converged, sum(timed) / (len(timed) * chunk)
 
 
+class LBFGSState(NamedTuple):
+    """State of :func:`run_lbfgs` (flat unconstrained parameters).
+
+    Attributes:
+        x: current point.
+        value, grad: the objective and its gradient there.
+        direction: search direction from ``x``.
+        step: step length to try next along ``direction``.
+        s, y: ``(memory, size)`` the last parameter and gradient differences (a ring).
+        count: differences stored so far (the newest at ``(count - 1) % memory``).
+    """
+
+    x: Array
+    value: Array
+    grad: Array
+    direction: Array
+    step: Array
+    s: Array
+    y: Array
+    count: Array
+
+
+def _lbfgs_direction(g: Array, s: Array, y: Array, count: Array) -> Array:
+    """``-H g`` by the two-loop recursion over the stored differences; ``-g / |g|`` (a
+    unit step) when there are none."""
+    memory = s.shape[0]
+    sy = jnp.sum(s * y, axis=1)
+    rho = jnp.where(sy > 0, 1 / jnp.where(sy > 0, sy, 1.0), 0.0)
+    q, alphas = g, []
+    for i in range(memory):  # newest first
+        k = (count - 1 - i) % memory
+        a = jnp.where(i < count, rho[k] * jnp.dot(s[k], q), 0.0)
+        q = q - a * y[k]
+        alphas.append(a)
+    newest = (count - 1) % memory
+    yy = jnp.dot(y[newest], y[newest])
+    gamma = jnp.where(
+        count > 0,
+        sy[newest] / jnp.where(yy > 0, yy, 1.0),
+        1 / jnp.maximum(jnp.linalg.norm(g), 1e-30),
+    )
+    r = gamma * q
+    for i in reversed(range(memory)):  # oldest first
+        k = (count - 1 - i) % memory
+        b = rho[k] * jnp.dot(y[k], r)
+        r = r + jnp.where(i < count, alphas[i] - b, 0.0) * s[k]
+    return -r
+
+
+def _lbfgs_evaluation(value_and_grad, state: LBFGSState) -> LBFGSState:
+    """One evaluation of the objective: try ``x + step * direction``; accept it if it
+    decreases the objective enough (Armijo), then update the memory and the direction;
+    otherwise halve the step. One evaluation per call, so that the compiled program holds
+    a single copy of the objective and its gradient."""
+    trial = state.x + state.step * state.direction
+    value, grad = value_and_grad(trial)
+    slope = jnp.dot(state.grad, state.direction)
+    ok = (
+        jnp.isfinite(value)
+        & jnp.all(jnp.isfinite(grad))
+        & (value <= state.value + 1e-4 * state.step * slope)
+    )
+    ds, dy = trial - state.x, grad - state.grad
+    store = ok & (jnp.dot(ds, dy) > 1e-10 * jnp.linalg.norm(ds) * jnp.linalg.norm(dy))
+    slot = state.count % state.s.shape[0]
+    s = jnp.where(store, state.s.at[slot].set(ds), state.s)
+    y = jnp.where(store, state.y.at[slot].set(dy), state.y)
+    count = state.count + store.astype(state.count.dtype)
+    x = jnp.where(ok, trial, state.x)
+    new_value = jnp.where(ok, value, state.value)
+    new_grad = jnp.where(ok, grad, state.grad)
+    direction = _lbfgs_direction(new_grad, s, y, count)
+    steepest = -new_grad / jnp.maximum(jnp.linalg.norm(new_grad), 1e-30)
+    # Restart from steepest descent when the direction does not descend (rounding, or a
+    # poor memory), or after ten failed halvings along a quasi-Newton direction.
+    restart = ~ok & (state.step < 2.0**-10) & (state.count > 0)
+    fresh = (jnp.dot(direction, new_grad) >= 0) | restart
+    count = jnp.where(fresh, 0, count)
+    direction = jnp.where(fresh, steepest, direction)
+    direction = jnp.where(ok | restart, direction, state.direction)
+    step = jnp.where(ok | restart, 1.0, state.step * 0.5).astype(state.step.dtype)
+    return LBFGSState(x, new_value, new_grad, direction, step, s, y, count)
+
+
 @functools.lru_cache(maxsize=32)
-def _lbfgs_programs(svi: SVI, chunk: int):
-    """Compiled programs of :func:`run_lbfgs` for one SVI object, made once, so that fits
+def _lbfgs_programs(loss, static, constraints, chunk: int, memory: int):
+    """Compiled programs of :func:`run_lbfgs` for one objective, made once, so that fits
     with the same model settings and padded shapes reuse them within a process."""
-    opt = optax.lbfgs()
+    transforms = {name: biject_to(c) for name, c in constraints(static).items()}
 
-    def objective(u, key, a, kw):
-        return svi.loss.loss(
-            key, svi.constrain_fn(u), svi.model, svi.guide, *a, **kw, **svi.static_kwargs
-        )
+    def constrain(u):
+        return {name: transforms[name](v) for name, v in u.items()}
 
-    @jax.jit
-    def start(key, a, kw):
-        state = svi.init(key, *a, **kw)
-        u = svi.optim.get_params(state.optim_state)
-        return u, opt.init(u)
+    def unconstrain(params):
+        return {name: transforms[name].inv(v) for name, v in params.items()}
 
     @jax.jit
-    def run_chunk(carry, key, a, kw):
-        def f(u):
-            return objective(u, key, a, kw)
+    def start(params):
+        # The first evaluation "accepts" the starting point itself (any value beats an
+        # infinite one), so that the objective is compiled in one program only.
+        x, _ = ravel_pytree(unconstrain(params))
+        zeros = jnp.zeros((memory, x.shape[0]), x.dtype)
+        inf = jnp.full((), jnp.inf, x.dtype)
+        return LBFGSState(
+            x, inf, jnp.zeros_like(x), jnp.zeros_like(x), jnp.ones((), x.dtype), zeros, zeros,
+            jnp.zeros((), jnp.int32),
+        )  # fmt: skip
 
-        value_and_grad = optax.value_and_grad_from_state(f)
+    @jax.jit
+    def run_chunk(state, params, args):
+        _, unravel = ravel_pytree(unconstrain(params))
+        value_and_grad = jax.value_and_grad(lambda x: loss(constrain(unravel(x)), *args, static))
 
-        def body(c, _):
-            u, st = c
-            value, grad = value_and_grad(u, state=st)
-            updates, st = opt.update(grad, st, u, value=value, grad=grad, value_fn=f)
-            return (optax.apply_updates(u, updates), st), value
+        def body(st, _):
+            st = _lbfgs_evaluation(value_and_grad, st)
+            return st, st.value
 
-        return jax.lax.scan(body, carry, None, length=chunk)
+        return jax.lax.scan(body, state, None, length=chunk)
 
-    return start, run_chunk, jax.jit(lambda u: svi.constrain_fn(u))
+    @jax.jit
+    def params_at(x, params):
+        _, unravel = ravel_pytree(unconstrain(params))
+        return constrain(unravel(x))
+
+    return start, run_chunk, params_at
 
 
 def run_lbfgs(
-    svi: SVI,
-    key,
+    loss,
+    params: dict,
+    constraints,
     args: tuple,
-    kwargs: dict,
+    static,
     *,
     max_steps: int,
     tolerance: float,
     scale: float,
     chunk: int = 10,
+    memory: int = 10,
     progress: bool = False,
 ) -> Optimized:
-    """Minimise SVI's loss (which must be deterministic, e.g. the quadrature ELBO) over the
-    unconstrained parameters with optax's L-BFGS and zoom line search.
+    """Minimise ``loss(params, *args, static)`` (deterministic and smooth, e.g.
+    :func:`cleverjax.bayes.model.negative_elbo`) over the parameters, each mapped to the
+    reals through its NumPyro constraint (``constraints(static)``: parameter names to
+    constraints), by L-BFGS with a backtracking (Armijo)
+    line search. ``loss``, ``static`` (hashable settings) and ``constraints`` key the
+    compiled programs,
+    which later fits with the same settings and shapes reuse.
 
-    Converged when a chunk of ``chunk`` iterations lowered the loss by less than
-    ``tolerance * scale`` nats (``scale``: the number of images, so the tolerance is per
-    image).
+    ``max_steps`` counts evaluations of the objective; converged when the last ``chunk``
+    evaluations lowered it by less than ``tolerance * scale`` nats (``scale``: the number
+    of images, so that the tolerance is per image).
     """
-    start, run_chunk, constrain = _lbfgs_programs(svi, chunk)
+    hint = "Check the data (a NaN or infinite weight or count?)"
+    start, run_chunk, params_at = _lbfgs_programs(loss, static, constraints, chunk, memory)
     with lenient_promotion():
-        carry = start(key, args, kwargs)
+        state = start(params)
+    # Placed where the data are, as the chunks' outputs will be: a state that moves from
+    # uncommitted to committed between chunks would compile the chunk program twice.
+    sharding = jax.tree.leaves(args)[0].sharding
+    state, params = jax.device_put((state, params), sharding)
 
     def converged_fn(losses):
-        if len(losses) < 2:
-            return False
-        return bool(losses[-2][-1] - losses[-1][-1] < tolerance * scale)
+        return len(losses) > 1 and bool(losses[-2][-1] - losses[-1][-1] < tolerance * scale)
 
-    carry, losses, converged, step_seconds = _run_chunks(
-        lambda c: run_chunk(c, key, args, kwargs),
-        carry,
+    state, losses, converged, step_seconds = _run_chunks(
+        lambda st: run_chunk(st, params, args),
+        state,
         max_steps=max_steps,
         chunk=chunk,
         converged_fn=converged_fn,
         progress=progress,
-        hint="Check the data, or pass an optax optimizer with a small learning rate",
+        hint=hint,
     )
     if not converged:
         _warn_unconverged(max_steps, "raise `max_steps`")
     with lenient_promotion():
-        params = constrain(carry[0])
-    return Optimized(params, losses, converged, step_seconds)
+        fitted = params_at(state.x, params)
+    return Optimized(fitted, losses, converged, step_seconds)
 
 
 def run_svi(

@@ -1,5 +1,6 @@
 """Posterior summaries of every image given draws of the global parameters: exact
-posterior means, credible intervals from exact draws, and the posterior predictive check.
+posterior means, credible intervals from exact draws, and the exact predictive moments of
+each image's acceptance count, from which the posterior predictive check is computed.
 
 Everything here streams over blocks of rows (bounded memory for any number of images) and
 shards the blocks over devices. The delta-free part of the likelihood is computed once per
@@ -18,17 +19,17 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Float
 
-from .._spa import simulate_counts
-from .data import SPAData
+from .data import SPAData, numpy_rng
 from .likelihood import (
     Prior,
     RowPart,
     TPart,
     _is_rho,
     _term_weights,
-    entry_mean_t,
+    entry_moments_t,
     log_marginal,
     posterior_mean_given,
+    responsibilities,
     row_part,
     t_part,
     table_log_weights,
@@ -40,15 +41,27 @@ _BLOCK_ELEMENTS = 2**22
 
 class PosteriorPredictive(NamedTuple):
     """Posterior predictive check of the acceptance rate (share of biased annotations on
-    the proposal), replicated with the SPA engine from posterior draws.
+    the proposal).
+
+    Given the globals, each image's replicated count on the proposal is
+    ``Binomial(N, delta + (1* - delta) t)`` with ``t = p[rho]`` from the image's posterior;
+    its mean and variance are exact (from the posterior moments of ``t``), and the total
+    over independent images is normal to the central limit theorem's accuracy. The
+    predictive distribution of the rate is the mixture of these normals over the draws of
+    the globals; the p-value comes from it (with a continuity correction), and
+    ``replicated`` holds draws from it.
 
     Attributes:
         observed: acceptance rate in the data.
-        replicated: ``(replicates,)`` acceptance rates of data simulated from the fit.
+        replicated: ``(replicates,)`` replicated acceptance rates drawn from the predictive
+            distribution.
         p_value: two-sided posterior predictive p-value of ``observed``.
         observed_by_class: ``(classes,)`` acceptance rate per proposed class (NaN where a
             class is never proposed).
         replicated_by_class: ``(replicates, classes)``.
+        expected: predictive mean of the acceptance rate.
+        p_value_by_class: ``(classes,)`` two-sided p-value per proposed class (NaN where
+            a class is never proposed).
     """
 
     observed: float
@@ -56,6 +69,8 @@ class PosteriorPredictive(NamedTuple):
     p_value: float
     observed_by_class: Float[Array, " classes"]
     replicated_by_class: Float[Array, "replicates classes"]
+    expected: float
+    p_value_by_class: Float[Array, " classes"]
 
 
 def stratified(all_deltas: Array, all_stars: Array, num: int) -> tuple[Array, Array]:
@@ -85,10 +100,17 @@ def _search(cdf: Array, u: Array) -> Array:
     return lo
 
 
-def sample_t(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num_draws: int):
-    """Exact draws of (component, t = p[rho]) from each row's posterior."""
-    k_z, k_s, k_ta, k_tb = jax.random.split(key, 4)
+def sample_p(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num_draws: int):
+    """Exact draws of p from the posterior of each row given the global parameters:
+    a component, then a Beta term of t, then t, then r = p_-rho / (1 - t) from its
+    Dirichlet.
+
+    The Beta draw of t and the Dirichlet draw of r both come from Gamma variables, drawn
+    in log space (tiny concentrations underflow a plain Gamma draw to 0) and in one call,
+    so that the program holds one copy of the Gamma sampler's rejection loop."""
+    k_z, k_s, k_g = jax.random.split(key, 3)
     dtype = t.log_mix.dtype
+    num_classes = data.counts.shape[1]
     z = jax.random.categorical(
         k_z, log_marginal(data, rows, t), axis=-1, shape=(num_draws, data.num_rows)
     )
@@ -99,25 +121,15 @@ def sample_t(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num_draw
     table = data.table
     a = t.a_t[entry, z] + table.u[entry].astype(dtype) + s
     b = t.b_t[entry, z] + (table.m + table.n - table.u)[entry].astype(dtype) - s
-    # Gamma draws in log space: tiny concentrations underflow a plain gamma draw to 0.
-    log_ga = jax.random.loggamma(k_ta, a, dtype=dtype)
-    log_gb = jax.random.loggamma(k_tb, b, dtype=dtype)
-    draw = jnp.exp(log_ga - jnp.logaddexp(log_ga, log_gb))
-    kind = jnp.asarray(prior.kind)[z]
-    return z, jnp.where(kind == 1, 0.0, jnp.where(kind == 2, 1.0, draw))
-
-
-def sample_p(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num_draws: int):
-    """Exact draws of p from the posterior of each row given the global parameters:
-    a component, then a Beta term of t, then t, then r from its Dirichlet."""
-    dtype = t.log_mix.dtype
-    k_t, k_r = jax.random.split(key)
-    z, t_draw = sample_t(k_t, data, prior, rows, t, num_draws)
-    is_rho = _is_rho(data.proposals, data.counts.shape[1])
+    is_rho = _is_rho(data.proposals, num_classes)[None]
     a_rest = rows.a_rest[jnp.arange(data.num_rows)[None, :], z]  # (draws, rows, K)
-    log_g = jax.random.loggamma(k_r, jnp.where(is_rho[None], 1.0, a_rest), dtype=dtype)
-    r = jax.nn.softmax(jnp.where(is_rho[None], -jnp.inf, log_g), axis=-1)
-    return (1 - t_draw)[..., None] * r + t_draw[..., None] * is_rho[None].astype(dtype)
+    shapes = jnp.concatenate([a[..., None], b[..., None], jnp.where(is_rho, 1.0, a_rest)], axis=-1)
+    log_g = jax.random.loggamma(k_g, shapes, dtype=dtype)
+    t_draw = jnp.exp(log_g[..., 0] - jnp.logaddexp(log_g[..., 0], log_g[..., 1]))
+    kind = jnp.asarray(prior.kind)[z]
+    t_draw = jnp.where(kind == 1, 0.0, jnp.where(kind == 2, 1.0, t_draw))
+    r = jax.nn.softmax(jnp.where(is_rho, -jnp.inf, log_g[..., 2:]), axis=-1)
+    return (1 - t_draw)[..., None] * r + t_draw[..., None] * is_rho.astype(dtype)
 
 
 # ----------------------------------------------------------------------------------
@@ -180,11 +192,28 @@ def sample_p_rows(keys, data: SPAData, prior: Prior, rows: RowPart, t: TPart, nu
 
 
 class Summaries(NamedTuple):
-    """Per row: posterior mean of p and the ends of its equal-tailed credible intervals."""
+    """Per row: posterior mean of p, the ends of its equal-tailed credible intervals, and
+    the predictive mean and variance of the row's count on the proposal per draw of the
+    globals."""
 
     mean: Float[Array, "rows classes"]
     lower: Float[Array, "rows classes"]
     upper: Float[Array, "rows classes"]
+    accepted_mean: Float[Array, "rows draws"]
+    accepted_var: Float[Array, "rows draws"]
+
+
+def accepted_moments(data: SPAData, resp, first, second, delta, one_star):
+    """Predictive mean and variance of each row's count on the proposal, given the globals:
+    ``c ~ Binomial(N, a)`` with ``a = delta + (1* - delta) t`` and ``t`` from the row's
+    posterior (its component responsibilities ``resp`` and the entries' moments of t)."""
+    dtype = resp.dtype
+    et = jnp.sum(resp * first[data.entry], axis=-1)
+    et2 = jnp.sum(resp * second[data.entry], axis=-1)
+    a = delta + (one_star - delta) * et
+    var_a = (one_star - delta) ** 2 * jnp.maximum(et2 - et**2, 0.0)
+    n = jnp.sum(data.counts, axis=1).astype(dtype)
+    return n * a, n * a * (1 - a) + n * (n - 1) * var_a
 
 
 @functools.partial(
@@ -207,7 +236,8 @@ def summaries(
     credible intervals from ``per_delta`` exact draws per draw of the globals.
 
     The weights ``W_s`` are computed once per delta draw and the delta-free part once per
-    row; every row draws from its own key (the key folded with the row's index), so the
+    row, and the predictive moments of the acceptance counts come from the same pass.
+    Every row draws from its own key (the key folded with the row's index), so the
     results do not depend on blocking or on the number of devices. The key comes as its
     data (``key_impl`` names its implementation), to be copied to every device like the
     other inputs.
@@ -224,17 +254,20 @@ def summaries(
         rows = row_part(block, prior)
 
         def per_draw(args):
-            log_w, k = args
+            log_w, k, delta, star = args
             t = t_part(block.table, prior, log_w)
-            mean = posterior_mean_given(block, rows, t, entry_mean_t(block.table, prior, t))
+            resp = responsibilities(block, rows, t)
+            first, second = entry_moments_t(block.table, prior, t)
+            mean = posterior_mean_given(block, rows, t, first, resp)
+            acc = accepted_moments(block, resp, first, second, delta, star)
             keys = jax.vmap(lambda i: jax.random.fold_in(k, i))(ids)
-            return mean, sample_p_rows(keys, block, prior, rows, t, per_delta)
+            return mean, acc, sample_p_rows(keys, block, prior, rows, t, per_delta)
 
         keys = jax.random.split(base, log_ws.shape[0])
-        means, draws = jax.lax.map(per_draw, (log_ws, keys))  # (D, B, K), (D, B, d, K)
+        means, acc, draws = jax.lax.map(per_draw, (log_ws, keys, deltas, stars))
         draws = jnp.moveaxis(draws, 0, 1).reshape(block.num_rows, -1, num_classes)
         lower, upper = jnp.quantile(draws, jnp.array([tail, 1 - tail]), axis=1)
-        return Summaries(jnp.mean(means, axis=0), lower, upper)
+        return Summaries(jnp.mean(means, axis=0), lower, upper, acc[0].T, acc[1].T)
 
     per_row = deltas.shape[0] * per_delta * num_classes
     return map_rows(block_fn, data, (log_ws, key, prior), devices=devices, per_row=per_row)
@@ -245,82 +278,81 @@ def summaries(
 # ----------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("num_terms", "num_replicates"))
-def _replicate_accepted(
-    key, data: SPAData, prior: Prior, deltas, stars, num, *, num_terms: int, num_replicates: int
-):
-    """``(replicates, images)`` replicated counts on the proposal: for every image an
-    independent posterior draw of t = p[rho], then the SPA engine on the two-class
-    distribution (t, 1 - t) with the proposal on the first class, which draws exactly
-    Binomial(N, delta + (1* - delta) t). Replicate ``r`` uses delta draw ``r mod D``."""
-    rows = row_part(data, prior)
-    num_draws = deltas.shape[0]
+def _tail_probabilities(observed: float, mean: np.ndarray, var: np.ndarray):
+    """P(T >= observed) and P(T <= observed) for T a uniform mixture of normals (counts,
+    with a continuity correction of half a count)."""
+    from scipy.special import ndtr
 
-    def one(args):
-        r, k = args
-        i = r % num_draws
-        k_t, k_sim = jax.random.split(k)
-        log_w = table_log_weights(data.table, deltas[i], stars[i], num_terms)
-        _, t = sample_t(k_t, data, prior, rows, t_part(data.table, prior, log_w), 1)
-        two_class = jnp.stack([t[0], 1 - t[0]], axis=1)
-        counts = simulate_counts(
-            k_sim,
-            two_class,
-            jnp.zeros(data.num_rows, jnp.int32),
-            num_annotations=num,
-            delta=deltas[i],
-            one_star=stars[i],
-        )
-        return counts[:, 0]
-
-    keys = jax.random.split(key, num_replicates)
-    return jax.lax.map(one, (jnp.arange(num_replicates), keys))
+    sd = np.sqrt(np.maximum(var, 1e-12))
+    upper = float(np.mean(ndtr((mean - observed + 0.5) / sd)))
+    lower = float(np.mean(ndtr((observed + 0.5 - mean) / sd)))
+    return upper, lower
 
 
-def _rates(c_rho: np.ndarray, num: np.ndarray, proposals: np.ndarray, k: int):
-    """Acceptance rate overall and per proposed class (NaN for classes never proposed)."""
-    per_class = np.bincount(proposals, weights=num, minlength=k)
-    by_class = np.bincount(proposals, weights=c_rho, minlength=k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        by_class = np.where(per_class > 0, by_class / per_class, np.nan)
-    return float(c_rho.sum() / max(num.sum(), 1)), by_class
+def _two_sided(observed: float, mean: np.ndarray, var: np.ndarray) -> float:
+    upper, lower = _tail_probabilities(observed, mean, var)
+    return float(min(1.0, 2 * min(upper, lower)))
 
 
-def ppc(
+def acceptance_check(
     key,
-    data: SPAData,
-    image_rows: np.ndarray,
-    counts: np.ndarray,
     proposals: np.ndarray,
-    prior: Prior,
-    deltas,
-    stars,
+    accepted: np.ndarray,
+    num: np.ndarray,
+    weight: np.ndarray,
+    accepted_mean: np.ndarray,
+    accepted_var: np.ndarray,
     *,
-    num_terms: int,
+    num_classes: int,
     num_replicates: int,
 ) -> PosteriorPredictive:
-    """Posterior predictive check of the acceptance rate on the images ``image_rows``
-    (each image's row in ``data``; ``counts`` and ``proposals`` are those images')."""
-    k = counts.shape[1]
-    num = counts.sum(axis=1)
-    images = data.take(jnp.asarray(image_rows, jnp.int32))
-    reps = np.asarray(
-        _replicate_accepted(
-            key,
-            images,
-            prior,
-            deltas,
-            stars,
-            jnp.asarray(num, jnp.int32),
-            num_terms=num_terms,
-            num_replicates=num_replicates,
-        ),
-        np.float64,
+    """The posterior predictive check of the acceptance rate from the rows' predictive
+    moments (see :class:`PosteriorPredictive`).
+
+    Args:
+        key: PRNG key for the ``replicated`` draws.
+        proposals, accepted, num, weight: per row: proposal, observed count on it, biased
+            annotations N, and how many images share the row.
+        accepted_mean, accepted_var: ``(rows, draws)`` predictive moments per draw of the
+            globals (:class:`Summaries`).
+    """
+    w = weight.astype(np.float64)
+    mean = np.asarray(accepted_mean, np.float64) * w[:, None]
+    var = np.asarray(accepted_var, np.float64) * w[:, None]
+    draws = mean.shape[1]
+    rng = numpy_rng(key)
+    pick = rng.integers(draws, size=num_replicates)
+    z = rng.standard_normal((num_replicates, num_classes))
+
+    def one(sel) -> tuple[float, np.ndarray, np.ndarray, float]:
+        total = float(np.sum(num[sel] * w[sel]))
+        obs = float(np.sum(accepted[sel] * w[sel]))
+        mu, v = mean[sel].sum(axis=0), var[sel].sum(axis=0)
+        return total, mu, v, obs
+
+    by_class = []
+    for c in range(num_classes):
+        by_class.append(one(proposals == c))
+    total = sum(b[0] for b in by_class)
+    obs = sum(b[3] for b in by_class)
+    mu = sum(b[1] for b in by_class)
+    v = sum(b[2] for b in by_class)
+    # Replicated rates: classes are independent given the globals, so a draw of the
+    # overall rate is the sum of the per-class draws under the same globals.
+    rep_counts = np.stack(
+        [b[1][pick] + np.sqrt(b[2][pick]) * z[:, c] for c, b in enumerate(by_class)], axis=1
     )
-    obs, obs_cls = _rates(counts[np.arange(len(num)), proposals], num, proposals, k)
-    rep, rep_cls = zip(*(_rates(r, num, proposals, k) for r in reps))
-    rep_arr = np.asarray(rep)
-    p_value = float(min(1.0, 2 * min(np.mean(rep_arr >= obs), np.mean(rep_arr <= obs))))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sizes = np.array([b[0] for b in by_class])
+        rep_by_class = np.where(sizes > 0, rep_counts / sizes, np.nan)
+        obs_by_class = np.where(sizes > 0, np.array([b[3] for b in by_class]) / sizes, np.nan)
+    p_by_class = np.array([_two_sided(b[3], b[1], b[2]) if b[0] > 0 else np.nan for b in by_class])
     return PosteriorPredictive(
-        obs, jnp.asarray(rep_arr), p_value, jnp.asarray(obs_cls), jnp.asarray(np.stack(rep_cls))
+        observed=obs / max(total, 1.0),
+        replicated=jnp.asarray(rep_counts.sum(axis=1) / max(total, 1.0)),
+        p_value=_two_sided(obs, mu, v),
+        observed_by_class=jnp.asarray(obs_by_class),
+        replicated_by_class=jnp.asarray(rep_by_class),
+        expected=float(np.mean(mu) / max(total, 1.0)),
+        p_value_by_class=jnp.asarray(p_by_class),
     )
