@@ -19,6 +19,14 @@ moment estimate from the calibration images with 1* fixed at 0.99,
 with its bootstrap standard error. Check 3 needs a fitted prior: only with ``--with-fit``
 (then ``cleverjax.fit`` gives the delta draws and the prior; ~30-60 s per data set).
 
+Measured (CPU, 40 replicates, 100 calibration images; raw lines in
+``benchmarks/results/model_checks_cpu.jsonl``): false alarm 0.025 (Dirichlet) and 0.05
+(CIFAR-10H); uniform rejection power 1.0 and 0.725; difficulty-dependent delta power
+0.175 and 0.025 (unmet: with 100 calibration images and argmax proposals, p[rho] spans too
+little of [0, 1] for this alternative to show; 0.675 for Dirichlet truth with 500). With
+``--with-fit``, check 3 failed on all 4 SPA replicates (Dirichlet truth): at 10^4 images it
+detects that the fitted prior family does not fit argmax-of-Dirichlet truth.
+
 Rates are reported with Wilson 95 % intervals. Prints one JSON line per (truth,
 scenario) and a summary line; ``--tiny`` is a seconds-long smoke run.
 
