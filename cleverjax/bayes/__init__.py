@@ -6,6 +6,7 @@
 - :mod:`~cleverjax.bayes.optimize`: L-BFGS and first-order SVI;
 - :mod:`~cleverjax.bayes.posterior`: per-image posterior summaries and predictive checks;
 - :mod:`~cleverjax.bayes.fitting`: the :func:`fit` pipeline;
+- :mod:`~cleverjax.bayes.checks`: model checks of the parts of SPA a fit cannot see;
 - :mod:`~cleverjax.bayes.exact`, :mod:`~cleverjax.bayes.plan`,
   :mod:`~cleverjax.bayes.annotators`: the exact path, calibration planning and the
   per-annotator model.
@@ -13,6 +14,10 @@
 
 from .annotators import AnnotatorFit as AnnotatorFit
 from .annotators import fit_annotators as fit_annotators
+from .checks import ModelCheck as ModelCheck
+from .checks import ModelCheckWarning as ModelCheckWarning
+from .checks import model_checks as model_checks
+from .checks import warn_failed as warn_failed
 from .exact import DeltaPosterior as DeltaPosterior
 from .exact import exact_delta_posterior as exact_delta_posterior
 from .fitting import FitResult as FitResult
