@@ -60,6 +60,8 @@ from .bayes import ConvergenceWarning as ConvergenceWarning
 from .bayes import DeltaPosterior as DeltaPosterior
 from .bayes import FitResult as FitResult
 from .bayes import IdentifiabilityWarning as IdentifiabilityWarning
+from .bayes import ModelCheck as ModelCheck
+from .bayes import ModelCheckWarning as ModelCheckWarning
 from .bayes import PosteriorPredictive as PosteriorPredictive
 from .bayes import Prior as Prior
 from .bayes import StageSeconds as StageSeconds
@@ -67,6 +69,7 @@ from .bayes import default_adam as default_adam
 from .bayes import exact_delta_posterior as exact_delta_posterior
 from .bayes import fit as fit
 from .bayes import fit_annotators as fit_annotators
+from .bayes import model_checks as model_checks
 from .bayes import plan_calibration as plan_calibration
 from .bayes import spa_model as spa_model
 from .bayes import spa_model_uncollapsed as spa_model_uncollapsed

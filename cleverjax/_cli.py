@@ -415,6 +415,11 @@ def _fit(args: argparse.Namespace) -> int:
         f"delta = {summary['delta']:.4f} ({100 * res.level:.0f}% interval {lo:.4f} to "
         f"{hi:.4f}); {len(counts.tasks)} tasks in {res.seconds:.1f} s -> {_target(args.out)}"
     )
+    for check in res.checks:
+        verdict = "skipped" if check.p_value != check.p_value else (
+            "passed" if check.passed else "FAILED"
+        )  # fmt: skip
+        _note(f"model check {check.name}: {verdict} (p = {check.p_value:.3g}). {check.verdict}")
     return 0
 
 

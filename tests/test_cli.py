@@ -207,7 +207,7 @@ def test_warnings_go_to_standard_error(tmp_path, capsys):
     assert captured.out.startswith("task,") and "warning" not in captured.out
 
 
-def test_fit_passes_the_table_to_the_model_and_writes_its_results(simulated, monkeypatch):
+def test_fit_passes_the_table_to_the_model_and_writes_its_results(simulated, monkeypatch, capsys):
     # The command's plumbing, with the model replaced; the real fit runs in the slow test
     # below, in the demo's test and in test_model.
     folder, table_path, _ = simulated
@@ -233,6 +233,7 @@ def test_fit_passes_the_table_to_the_model_and_writes_its_results(simulated, mon
             prior=None,
             params={},
             ppc=None,
+            checks=(cj.ModelCheck("rejected_classes", 1.0, 0.5, True, "Rejections look fine."),),
             method="svi",
             seconds=1.5,
             step_seconds=0.1,
@@ -248,6 +249,8 @@ def test_fit_passes_the_table_to_the_model_and_writes_its_results(simulated, mon
     assert len(pd.read_csv(out)) == 400
     info = json.loads(summary.read_text())
     assert info["delta_interval"] == [0.25, 0.35] and info["steps"] == 7
+    assert info["checks"][0]["name"] == "rejected_classes" and info["checks"][0]["passed"]
+    assert "model check rejected_classes: passed (p = 0.5)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

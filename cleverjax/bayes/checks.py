@@ -528,17 +528,19 @@ def model_checks(
     each image (exact in size; ``num_resamples`` permutations). Catches annotators who
     reject toward other classes than the unbiased ones choose, e.g. uniformly.
 
-    **2. acceptance_by_difficulty** (calibration images). Images are put in ``num_bins``
-    bins by the unbiased share on the proposal, ``u / M`` (bin 0: hardest). Null:
-    parametric bootstrap under SPA conditional on the unbiased counts: per resample a
-    draw (delta, 1*) of the given draws, ``t = p[rho] ~ Beta(a + u, b + M - u)`` per
-    image, with ``Beta(a, b)`` fitted to all calibration images' ``(u, M)`` by the method
-    of moments (empirical Bayes, pooled over classes), and
-    ``c ~ Binomial(N, delta + (1* - delta) t)``. Statistic: the acceptance per bin
-    (``sum c / sum N``) standardised by the bootstrap's mean and sd, ``z``, then
-    ``sum_b (z_b - mean(z))^2``: the pattern across bins with the overall level removed,
-    because a fitted delta absorbs any level shift. Catches a delta that depends on the
-    image's difficulty.
+    **2. acceptance_by_difficulty** (calibration images). Under SPA one delta serves
+    easy and hard images alike. Statistic: a score test of the alternative
+    ``delta_i = delta + gamma (1 - p_i[rho])`` at ``gamma = 0``: the weighted sum of
+    (observed - expected) biased counts on the proposal along the score direction, made
+    orthogonal to what the fitted globals can absorb (a level shift of delta, and of 1*
+    when its draws vary), standardised; ``p[rho]`` enters through its posterior
+    ``Beta(a + u, b + M - u)`` given the image's unbiased counts, with ``Beta(a, b)``
+    fitted to all calibration images' ``(u, M)`` by the method of moments (empirical
+    Bayes, pooled over classes). Null: parametric bootstrap under SPA conditional on the
+    unbiased counts (per resample a draw of the globals, ``t`` from that posterior,
+    ``c ~ Binomial(N, delta + (1* - delta) t)``); two-sided. The verdict lists observed
+    against expected acceptance in ``num_bins`` bins of the unbiased share ``u / M``,
+    from hard to easy. Catches a delta that depends on the image's difficulty.
 
     **3. share_on_proposal** (all images, needs ``prior``). Per proposed class, with the
     class's most common N, the histogram of the biased count on the proposal ``c`` against

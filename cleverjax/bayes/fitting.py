@@ -31,6 +31,7 @@ from numpyro.infer import MCMC, NUTS, SVI
 from .. import _checks
 from .._checks import ArrayIn
 from .._random import as_typed_key
+from .checks import ModelCheck, model_checks, warn_failed
 from .data import (
     Prepared,
     calibrated,
@@ -100,6 +101,9 @@ class FitResult(NamedTuple):
         prior: the learned prior (empirical Bayes).
         params: all fitted parameters (NumPyro parameter names to arrays).
         ppc: posterior predictive check of the acceptance rate.
+        checks: model checks of SPA on the calibration images (see
+            :func:`cleverjax.model_checks`): what rejections choose, and acceptance
+            against difficulty; empty when not run.
         method: ``"svi"`` or ``"nuts"``.
         seconds: wall time, compilation included.
         step_seconds: wall time of one optimiser step, compilation excluded.
@@ -121,6 +125,7 @@ class FitResult(NamedTuple):
     prior: Prior
     params: dict
     ppc: PosteriorPredictive | None
+    checks: tuple[ModelCheck, ...]
     method: str
     seconds: float
     step_seconds: float
@@ -148,6 +153,15 @@ class FitResult(NamedTuple):
         }
         if self.ppc is not None:
             out["ppc"] = {"acceptance_rate": self.ppc.observed, "p_value": self.ppc.p_value}
+        out["checks"] = [
+            {
+                "name": c.name,
+                "p_value": None if math.isnan(c.p_value) else c.p_value,
+                "passed": c.passed,
+                "verdict": c.verdict,
+            }
+            for c in self.checks
+        ]
         return out
 
 
@@ -357,6 +371,7 @@ def fit(
     num_draws: int = 16,
     num_interval_draws: int = 200,
     num_ppc_replicates: int = 50,
+    check_model: bool = True,
     num_samples: int = 1000,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = False,
@@ -414,6 +429,11 @@ def fit(
         num_ppc_replicates: keyword-only; replicated acceptance rates drawn for the
             predictive check (0 to skip the check). The check itself uses every image's
             exact predictive moments (see :class:`cleverjax.PosteriorPredictive`).
+        check_model: keyword-only; run the model checks of SPA on the calibration
+            images (:func:`cleverjax.model_checks`: what rejections choose, acceptance
+            against difficulty) and warn when one fails. The check of the share on the
+            proposal, which tests the prior family as much as SPA, is not run here: call
+            ``cleverjax.model_checks(..., prior=result.prior)`` for it.
         num_samples: keyword-only; NUTS samples (and warm-up) with ``method="nuts"``.
         devices: keyword-only; devices to spread the images over, data parallel (default:
             all local devices; with several processes, the devices of all processes: every
@@ -432,6 +452,7 @@ def fit(
     Warns:
         IdentifiabilityWarning: too little calibration information for delta.
         ConvergenceWarning: the optimiser stopped at ``max_steps`` (``converged`` is false).
+        ModelCheckWarning: a model check failed (the warning names it).
 
     Examples:
         >>> import jax, cleverjax as cj
@@ -501,7 +522,7 @@ def fit(
         progress=progress,
         num_samples=int(num_samples),
     )
-    k_opt, k_draw, k_int, k_ppc, k_mcmc = jax.random.split(kd, 5)
+    k_opt, k_draw, k_int, k_ppc, k_mcmc, k_chk = jax.random.split(kd, 6)
     init = initial_prior(prep, config)
     clock = [time.perf_counter()]
 
@@ -569,6 +590,17 @@ def fit(
             num_classes=counts.shape[1],
             num_replicates=int(num_ppc_replicates),
         )
+    checks: tuple[ModelCheck, ...] = ()
+    if check_model and cal_images > 0:
+        checks = model_checks(
+            k_chk,
+            prep.counts,
+            prep.proposals,
+            prep.unbiased,
+            deltas=np.asarray(all_deltas),
+            one_stars=np.asarray(all_stars),
+        )[:2]
+        warn_failed(checks)
     check_s = lap()
     return FitResult(
         delta=float(jnp.mean(all_deltas)),
@@ -586,6 +618,7 @@ def fit(
         prior=prior,
         params=dict(opt.params),
         ppc=check,
+        checks=checks,
         method=method,
         seconds=time.perf_counter() - start,
         step_seconds=opt.step_seconds,
