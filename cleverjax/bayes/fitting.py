@@ -49,6 +49,7 @@ from .model import (
     _global_sites,
     component_kinds,
     global_guide,
+    global_params,
     initial_params,
     negative_elbo,
     param_constraints,
@@ -277,19 +278,36 @@ def _optimise(
     optimizer = settings["optimizer"]
     common = dict(max_steps=settings["max_steps"], tolerance=settings["tolerance"], scale=scale)
     if optimizer is None:
-        out = run_lbfgs(
-            negative_elbo,
-            initial_params(config, init),
-            param_constraints,
-            (data,),
-            config,
-            progress=settings["progress"],
-            **common,
-        )
+        out = _lbfgs_fit(data, config, init, settings["progress"], common)
     else:
         svi = _svi(config, optimizer)
         out = run_svi(svi, k_opt, (data,), {"init": init}, progress=settings["progress"], **common)
     return out, data
+
+
+MAX_CUT_ROUNDS = 8
+"""With the cut, rounds of L-BFGS with the other images' globals frozen, at most."""
+
+
+def _lbfgs_fit(data, config: ModelConfig, init: Prior, progress: bool, common: dict) -> Optimized:
+    """L-BFGS on :func:`negative_elbo`. With the cut, in rounds: the images that are not
+    calibration data see the globals frozen at the previous round's, until the globals
+    stop moving (a fixed point, where the loss and its gradient are the cut's)."""
+    params = initial_params(config, init)
+    losses, steps, seconds = [], 0, 0.0
+    for _ in range(MAX_CUT_ROUNDS if config.delta_from == "calibration" else 1):
+        frozen = global_params(params, config)
+        out = run_lbfgs(
+            negative_elbo, params, param_constraints, (data, frozen), config,
+            progress=progress, **common,
+        )  # fmt: skip
+        losses.append(out.losses)
+        steps, seconds = steps + len(out.losses), seconds + out.step_seconds * len(out.losses)
+        params = out.params
+        moved = max(float(jnp.max(jnp.abs(params[k] - v))) for k, v in frozen.items())
+        if moved < 1e-3:  # logit units: delta moves by less than 0.00025
+            break
+    return out._replace(losses=np.concatenate(losses), step_seconds=seconds / max(steps, 1))
 
 
 def _global_draws(key, params, num_draws: int, config: ModelConfig):

@@ -29,6 +29,7 @@ from .likelihood import (
     log_weights_annotators,
     row_part,
     t_part,
+    table_log_weights,
 )
 
 
@@ -260,48 +261,63 @@ def param_constraints(config: ModelConfig) -> dict:
     return out
 
 
-def negative_elbo(params: dict, data: SPAData, config: ModelConfig, num_nodes: int = 6) -> Array:
+def global_params(params: dict, config: ModelConfig) -> dict:
+    """The parameters of :func:`global_guide` (location and scale of each global site)."""
+    return {
+        f"{site}_{part}": params[f"{site}_{part}"]
+        for site, _ in _global_sites(config)
+        for part in ("loc", "scale")
+    }
+
+
+def negative_elbo(params: dict, data: SPAData, frozen: dict, config: ModelConfig) -> Array:
     """The loss of :class:`QuadratureELBO` on :func:`spa_model` and :func:`global_guide`
     (without annotators or subsampling), written out as one function of the constrained
-    parameters: the same number, traced in a fraction of the time, for the quasi-Newton
-    optimiser."""
+    parameters, for the quasi-Newton optimiser.
+
+    With the cut (``delta_from="calibration"``), entries that are not calibration data
+    see the globals of ``frozen`` (:func:`global_params` of an earlier point) instead of
+    those of ``params``: the loss is then a true function of ``params`` whose gradient is
+    the cut's, so that a line search can trust its values (with ``stop_gradient`` the
+    values would follow one objective and the gradient another). At
+    ``frozen == global_params(params)`` value and gradient equal NumPyro's; the fit
+    iterates ``frozen`` to that fixed point. Without the cut ``frozen`` is unused.
+    """
     dtype = params["prior_concentration"].dtype
     prior = prior_from_params(params, config)
     sites = [name for name, _ in _global_sites(config)]
-    nodes, weights = np.polynomial.hermite_e.hermegauss(num_nodes)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(6)
     weights = weights / weights.sum()
     grid = np.stack([g.ravel() for g in np.meshgrid(*([nodes] * len(sites)), indexing="ij")], 1)
     wgrid = np.meshgrid(*([weights] * len(sites)), indexing="ij")
     w = jnp.asarray(np.prod(np.stack([g.ravel() for g in wgrid], axis=1), axis=1), dtype)
     rows = row_part(data, prior)  # delta-free: once for every node
     cut = config.delta_from == "calibration"
+    calibrated = entry_calibrated(data.table, config.num_classes)[:, None]
 
-    def at(z):
-        log_joint = 0.0
-        values = {}
+    def globals_at(source, z):
+        """(delta, 1*, log q) at quadrature node ``z`` under the guide ``source``."""
+        log_q, values = 0.0, {}
         for j, site in enumerate(sites):
-            loc, scale = params[f"{site}_loc"], params[f"{site}_scale"]
+            loc, scale = source[f"{site}_loc"], source[f"{site}_scale"]
             x = loc + scale * z[j]
             v = jax.nn.sigmoid(x)
             values[site] = v
-            # Guide: Normal on the logit scale, pushed through the sigmoid.
-            log_q = dist.Normal(loc, scale).log_prob(x) - jnp.log(v) - jnp.log1p(-v)
-            log_joint = log_joint - log_q
-        one_star = values.get("one_star")
-        if one_star is None:
-            one_star = jnp.asarray(config.one_star, dtype)
-        else:
-            log_joint = log_joint + dist.Beta(*config.one_star_prior).log_prob(one_star)
-        frac = values["delta_fraction"]
-        log_joint = log_joint + dist.Beta(*config.delta_prior).log_prob(frac)
-        log_w = entry_log_weights(
-            data.table,
-            one_star * frac,
-            one_star,
-            config.num_terms,
-            num_classes=config.num_classes,
-            cut=cut,
-        )
+            # Normal on the logit scale, pushed through the sigmoid.
+            log_q = log_q + dist.Normal(loc, scale).log_prob(x) - jnp.log(v) - jnp.log1p(-v)
+        star = values["one_star"] if "one_star" in values else jnp.asarray(config.one_star, dtype)
+        return values, star * values["delta_fraction"], star, log_q
+
+    def at(z):
+        values, delta, star, log_q = globals_at(params, z)
+        log_joint = dist.Beta(*config.delta_prior).log_prob(values["delta_fraction"]) - log_q
+        if "one_star" in values:
+            log_joint = log_joint + dist.Beta(*config.one_star_prior).log_prob(star)
+        log_w = table_log_weights(data.table, delta, star, config.num_terms)
+        if cut:
+            _, delta_f, star_f, _ = globals_at(frozen, z)
+            log_w_f = table_log_weights(data.table, delta_f, star_f, config.num_terms)
+            log_w = jnp.where(calibrated, log_w, log_w_f)
         t = t_part(data.table, prior, log_w)
         return log_joint + jnp.sum(data.weight * logsumexp(log_marginal(data, rows, t), axis=-1))
 
