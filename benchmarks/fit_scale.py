@@ -113,6 +113,7 @@ def run_case(name: str, spec: dict) -> dict:
         steps=int(res.losses.shape[0]),
         converged=res.converged,
         step_seconds=res.step_seconds,
+        stage_seconds=res.stage_seconds._asdict(),
         distinct_rows=prepare(biased, rho, unbiased, None).data.num_rows
         if spec["images"] <= 10**6
         else None,

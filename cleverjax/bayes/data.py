@@ -286,16 +286,19 @@ def bucket(size: int, multiple: int = 1) -> int:
     return -(-best // multiple) * multiple
 
 
-def _pad_rows(x: Array, size: int) -> Array:
+def _pad_rows(x, size: int) -> np.ndarray:
+    x = np.asarray(x)
     extra = size - x.shape[0]
     if extra == 0:
         return x
-    return jnp.concatenate([x, jnp.broadcast_to(x[:1], (extra, *x.shape[1:]))], axis=0)
+    return np.concatenate([x, np.broadcast_to(x[:1], (extra, *x.shape[1:]))], axis=0)
 
 
 def pad(data: SPAData, multiple: int = 1) -> SPAData:
     """``data`` with rows, entries and pairs padded to bucketed sizes. Padding rows copy
-    row 0 with weight 0; padding entries and pairs copy the first (no row points to them)."""
+    row 0 with weight 0; padding entries and pairs copy the first (no row points to them).
+    The padded arrays are NumPy arrays (padding on the host costs no compiled programs);
+    they go to devices in one transfer."""
     rows = bucket(data.num_rows, multiple)
     table = data.table
     entries, pairs = bucket(table.num_entries), bucket(table.pair_c.shape[0])
@@ -305,7 +308,8 @@ def pad(data: SPAData, multiple: int = 1) -> SPAData:
         pair_n=_pad_rows(table.pair_n, pairs),
     )
     fields = [_pad_rows(x, rows) for x in data[:6]]
-    fields[4] = fields[4].at[data.num_rows :].set(0.0)
+    fields[4] = fields[4].copy()
+    fields[4][data.num_rows :] = 0.0
     return SPAData(*fields, table)
 
 

@@ -310,8 +310,10 @@ def _lbfgs_fit(data, config: ModelConfig, init: Prior, progress: bool, common: d
     return out._replace(losses=np.concatenate(losses), step_seconds=seconds / max(steps, 1))
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
 def _global_draws(key, params, num_draws: int, config: ModelConfig):
-    """Draws of (delta, 1*) from the fitted :func:`global_guide`."""
+    """Draws of (delta, 1*) from the fitted :func:`global_guide` (one compiled program: a
+    handful of small operations run one by one cost more than they compute)."""
     draws = {}
     for i, (site, _) in enumerate(_global_sites(config)):
         eps = jax.random.normal(jax.random.fold_in(key, i), (num_draws,), jnp.result_type(float))
@@ -561,7 +563,8 @@ def fit(
     elif method == "nuts":
         all_deltas, all_stars = _nuts_draws(k_mcmc, prep, opt.params, config, init, settings)
     else:
-        all_deltas, all_stars = _global_draws(k_draw, opt.params, 4000, config)
+        glob = {k: opt.params[k] for k in global_params(opt.params, config)}
+        all_deltas, all_stars = _global_draws(k_draw, glob, 4000, config)
     deltas, stars = jax.block_until_ready(stratified(all_deltas, all_stars, int(num_draws)))
     draws_s = lap()
 

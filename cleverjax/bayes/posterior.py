@@ -73,6 +73,7 @@ class PosteriorPredictive(NamedTuple):
     p_value_by_class: Float[Array, " classes"]
 
 
+@functools.partial(jax.jit, static_argnums=2)
 def stratified(all_deltas: Array, all_stars: Array, num: int) -> tuple[Array, Array]:
     """``num`` draws of (delta, 1*) at evenly spaced quantiles of delta's draws."""
     order = jnp.argsort(all_deltas)
