@@ -249,6 +249,7 @@ def test_cut_posterior_matches_the_exact_cut_in_mean_and_spread(cut_case):
     assert abs(draws.std() - sd_full) > 0.2 * sd_cut
 
 
+@pytest.mark.slow
 def test_nuts_samples_the_cut_posterior(cut_case):
     biased, rho, unbiased, res, cut, full = cut_case
     nuts = cj.fit(
@@ -269,7 +270,9 @@ def test_nuts_samples_the_cut_posterior(cut_case):
     assert abs(draws.std() - sd_full) > 3.9 * sd_cut / np.sqrt(200)  # negative control
 
 
-@pytest.mark.parametrize("images,identified", [(5, False), (40, True)])
+@pytest.mark.parametrize(
+    "images,identified", [pytest.param(5, False, marks=pytest.mark.slow), (40, True)]
+)
 def test_identification_follows_the_calibration_rule(images, identified):
     p, rho, biased, unbiased = campaign(9, n=300, calibration=images)
     with warnings.catch_warnings(record=True) as caught:
@@ -292,6 +295,7 @@ def test_unidentified_delta_warns_and_reports_a_wide_interval():
     assert hi - lo > 0.5
 
 
+@pytest.mark.slow
 def test_probes_identify_delta():
     p, rho, biased, _ = campaign(8, calibration=0, n=2000)
     k = p.shape[1]
