@@ -123,6 +123,7 @@ def plan_calibration(
             one_star=one_star,
             num_ppc_replicates=0,
             num_interval_draws=2,
+            check_model=False,  # simulated under SPA: nothing to check
         ).prior
     rows = []
     for i, size in enumerate(sizes):
