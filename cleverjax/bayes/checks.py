@@ -39,7 +39,7 @@ from jax.scipy.special import gammaln, logsumexp
 
 from .. import _checks
 from .._random import as_typed_key
-from .data import EntryTable, numpy_rng
+from .data import EntryTable, checked_counts, numpy_rng
 from .likelihood import Prior, log_weights_counts, t_part
 
 MIN_CALIBRATION_IMAGES = 20
@@ -458,20 +458,8 @@ def _share_on_proposal(
 
 
 def _validate(counts, proposals, unbiased, deltas, one_stars, prior, alpha, num_resamples):
-    c = np.asarray(_checks.as_counts("counts", counts))
-    n, k = c.shape
-    if k < 2:
-        raise ValueError(f"`counts` must have at least 2 classes (columns); got {c.shape}")
-    rho = _checks.as_int_array("proposals", proposals, ndim=1)
-    _checks.check_shape("proposals", rho, (n,), hint="give one proposed class per image")
-    rho = np.asarray(_checks.check_labels("proposals", rho, k))
-    if unbiased is None:
-        u = np.zeros_like(c)
-    else:
-        u = np.asarray(_checks.as_counts("unbiased", unbiased))
-        _checks.check_shape(
-            "unbiased", jnp.asarray(u), (n, k), hint="zero rows where an image has none"
-        )
+    c, rho, u = checked_counts(counts, proposals, unbiased, "unbiased")
+    k = c.shape[1]
     d = np.asarray(_checks.as_float_array("deltas", deltas, ndim=(0, 1)), np.float64).reshape(-1)
     if d.size == 0:
         raise ValueError("`deltas` must hold at least one draw of delta; got an empty array")

@@ -228,11 +228,11 @@ class Prepared(NamedTuple):
         return int(np.sum((nb > 0) & ((nu > 0) | self.probe)))
 
 
-def prepare(counts, proposals, unbiased_counts, probe) -> Prepared:
-    """Validate the inputs of :func:`cleverjax.fit` and merge identical images."""
-    counts, proposals, unbiased_counts, probe = local_arrays(
-        (counts, proposals, unbiased_counts, probe)
-    )
+def checked_counts(
+    counts, proposals, unbiased, unbiased_name: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated ``(counts, proposals, unbiased counts)`` as NumPy arrays (zeros when
+    ``unbiased`` is None); errors name the argument (``unbiased_name`` for the third)."""
     c = np.asarray(_checks.as_counts("counts", counts))
     n, k = c.shape
     if k < 2:
@@ -242,16 +242,25 @@ def prepare(counts, proposals, unbiased_counts, probe) -> Prepared:
     rho = _checks.as_int_array("proposals", proposals, ndim=1)
     _checks.check_shape("proposals", rho, (n,), hint="give one proposed class per image")
     rho = np.asarray(_checks.check_labels("proposals", rho, k))
-    if unbiased_counts is None:
-        u = np.zeros_like(c)
-    else:
-        u = np.asarray(_checks.as_counts("unbiased_counts", unbiased_counts))
-        _checks.check_shape(
-            "unbiased_counts",
-            jnp.asarray(u),
-            (n, k),
-            hint="same shape as `counts`; zero rows for images without unbiased annotations",
-        )
+    if unbiased is None:
+        return c, rho, np.zeros_like(c)
+    u = np.asarray(_checks.as_counts(unbiased_name, unbiased))
+    _checks.check_shape(
+        unbiased_name,
+        jnp.asarray(u),
+        (n, k),
+        hint="same shape as `counts`; zero rows for images without unbiased annotations",
+    )
+    return c, rho, u
+
+
+def prepare(counts, proposals, unbiased_counts, probe) -> Prepared:
+    """Validate the inputs of :func:`cleverjax.fit` and merge identical images."""
+    counts, proposals, unbiased_counts, probe = local_arrays(
+        (counts, proposals, unbiased_counts, probe)
+    )
+    c, rho, u = checked_counts(counts, proposals, unbiased_counts, "unbiased_counts")
+    n = c.shape[0]
     if probe is None:
         pr = np.zeros(n, bool)
     else:
