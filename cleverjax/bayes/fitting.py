@@ -94,7 +94,8 @@ class FitResult(NamedTuple):
         lower: ``(images, classes)`` lower end of each per-image credible interval.
         upper: ``(images, classes)`` upper end.
         level: credible level of the intervals (default 0.9).
-        losses: ``(steps,)`` the objective (negative ELBO) after every optimiser step.
+        losses: ``(steps,)`` the objective (negative ELBO) after every optimiser step
+            (every L-BFGS evaluation, rounds one after the other).
         converged: whether the optimiser reached a plateau before ``max_steps``.
         identified: whether the calibration data identify delta (see
             :data:`MIN_CALIBRATION_IMAGES` and :data:`MIN_CALIBRATION_ANNOTATIONS`).
@@ -430,12 +431,14 @@ def fit(
             deterministic objective, tens of iterations. An optax transformation (e.g.
             :func:`cleverjax.default_adam`): first-order SVI steps with it instead, as in
             NumPyro's ``SVI``; needed with ``subsample_size``.
-        max_steps: keyword-only; optimiser step limit (default 500 for L-BFGS, 20000
-            for an optax optimizer).
+        max_steps: keyword-only; optimiser step limit: evaluations of the objective per
+            L-BFGS round (default 500), or first-order steps (default 20000). With the
+            cut, L-BFGS runs in rounds (see :func:`cleverjax.bayes.model.negative_elbo`),
+            at most :data:`MAX_CUT_ROUNDS`.
         tolerance: keyword-only; convergence: the objective improved by less than this
-            many nats per image over the last 10 L-BFGS iterations (default 1e-5), or over
-            the last window of 250 first-order steps (default 1e-4, or less than twice its
-            noise).
+            many nats per image over the last 10 L-BFGS evaluations (default 1e-5), or
+            over the last window of 250 first-order steps (default 1e-4, or less than
+            twice its noise).
         subsample_size: keyword-only; distinct rows per first-order SVI step (only with
             an optax ``optimizer``; default all).
         prior_images: keyword-only; the prior (a few hundred parameters) is fitted on at
