@@ -279,19 +279,14 @@ def summaries(
 # ----------------------------------------------------------------------------------
 
 
-def _tail_probabilities(observed: float, mean: np.ndarray, var: np.ndarray):
-    """P(T >= observed) and P(T <= observed) for T a uniform mixture of normals (counts,
-    with a continuity correction of half a count)."""
+def _two_sided(observed: float, mean: np.ndarray, var: np.ndarray) -> float:
+    """Two-sided p-value of ``observed`` under a uniform mixture of normals (counts, with
+    a continuity correction of half a count)."""
     from scipy.special import ndtr
 
     sd = np.sqrt(np.maximum(var, 1e-12))
-    upper = float(np.mean(ndtr((mean - observed + 0.5) / sd)))
-    lower = float(np.mean(ndtr((observed + 0.5 - mean) / sd)))
-    return upper, lower
-
-
-def _two_sided(observed: float, mean: np.ndarray, var: np.ndarray) -> float:
-    upper, lower = _tail_probabilities(observed, mean, var)
+    upper = np.mean(ndtr((mean - observed + 0.5) / sd))
+    lower = np.mean(ndtr((observed + 0.5 - mean) / sd))
     return float(min(1.0, 2 * min(upper, lower)))
 
 
@@ -318,42 +313,37 @@ def acceptance_check(
             globals (:class:`Summaries`).
     """
     w = weight.astype(np.float64)
-    mean = np.asarray(accepted_mean, np.float64) * w[:, None]
-    var = np.asarray(accepted_var, np.float64) * w[:, None]
-    draws = mean.shape[1]
+
+    def per_class(x) -> np.ndarray:
+        """Weighted sum over the rows of each proposed class: ``(classes, ...)``."""
+        x = np.asarray(x, np.float64)
+        out = np.zeros((num_classes, *x.shape[1:]))
+        np.add.at(out, proposals, x * w.reshape(-1, *([1] * (x.ndim - 1))))
+        return out
+
+    # Per proposed class: annotations, observed count, and per draw the predictive moments.
+    sizes, observed = per_class(num), per_class(accepted)
+    mean, var = per_class(accepted_mean), per_class(accepted_var)  # (classes, draws)
     rng = numpy_rng(key)
-    pick = rng.integers(draws, size=num_replicates)
+    pick = rng.integers(mean.shape[1], size=num_replicates)
     z = rng.standard_normal((num_replicates, num_classes))
-
-    def one(sel) -> tuple[float, np.ndarray, np.ndarray, float]:
-        total = float(np.sum(num[sel] * w[sel]))
-        obs = float(np.sum(accepted[sel] * w[sel]))
-        mu, v = mean[sel].sum(axis=0), var[sel].sum(axis=0)
-        return total, mu, v, obs
-
-    by_class = []
-    for c in range(num_classes):
-        by_class.append(one(proposals == c))
-    total = sum(b[0] for b in by_class)
-    obs = sum(b[3] for b in by_class)
-    mu = sum(b[1] for b in by_class)
-    v = sum(b[2] for b in by_class)
-    # Replicated rates: classes are independent given the globals, so a draw of the
-    # overall rate is the sum of the per-class draws under the same globals.
-    rep_counts = np.stack(
-        [b[1][pick] + np.sqrt(b[2][pick]) * z[:, c] for c, b in enumerate(by_class)], axis=1
-    )
+    # Classes are independent given the globals: a replicate of the overall count is the
+    # sum of the per-class replicates under the same draw.
+    replicated = mean[:, pick].T + np.sqrt(var[:, pick]).T * z  # (replicates, classes)
+    total = max(float(sizes.sum()), 1.0)
+    seen = sizes > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        sizes = np.array([b[0] for b in by_class])
-        rep_by_class = np.where(sizes > 0, rep_counts / sizes, np.nan)
-        obs_by_class = np.where(sizes > 0, np.array([b[3] for b in by_class]) / sizes, np.nan)
-    p_by_class = np.array([_two_sided(b[3], b[1], b[2]) if b[0] > 0 else np.nan for b in by_class])
+        rep_by_class = np.where(seen, replicated / sizes, np.nan)
+        obs_by_class = np.where(seen, observed / sizes, np.nan)
+    p_by_class = np.array(
+        [_two_sided(o, m, v) if ok else np.nan for o, m, v, ok in zip(observed, mean, var, seen)]
+    )
     return PosteriorPredictive(
-        observed=obs / max(total, 1.0),
-        replicated=jnp.asarray(rep_counts.sum(axis=1) / max(total, 1.0)),
-        p_value=_two_sided(obs, mu, v),
+        observed=float(observed.sum()) / total,
+        replicated=jnp.asarray(replicated.sum(axis=1) / total),
+        p_value=_two_sided(float(observed.sum()), mean.sum(axis=0), var.sum(axis=0)),
         observed_by_class=jnp.asarray(obs_by_class),
         replicated_by_class=jnp.asarray(rep_by_class),
-        expected=float(np.mean(mu) / max(total, 1.0)),
+        expected=float(np.mean(mean.sum(axis=0))) / total,
         p_value_by_class=jnp.asarray(p_by_class),
     )
