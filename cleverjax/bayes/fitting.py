@@ -48,6 +48,7 @@ from .model import (
     QuadratureELBO,
     _global_sites,
     component_kinds,
+    frozen_weights,
     global_guide,
     global_params,
     initial_params,
@@ -293,22 +294,28 @@ MAX_CUT_ROUNDS = 8
 def _lbfgs_fit(data, config: ModelConfig, init: Prior, progress: bool, common: dict) -> Optimized:
     """L-BFGS on :func:`negative_elbo`. With the cut, in rounds: the images that are not
     calibration data see the globals frozen at the previous round's, until the globals
-    stop moving (a fixed point, where the loss and its gradient are the cut's)."""
+    stop moving (a fixed point, where the loss and its gradient are the cut's). Each round
+    resumes the previous one's curvature memory."""
     params = initial_params(config, init)
-    losses, steps, seconds = [], 0, 0.0
+    losses, steps, seconds, state = [], 0, 0.0, None
+    where = jax.tree.leaves(data)[0].sharding
     for _ in range(MAX_CUT_ROUNDS if config.delta_from == "calibration" else 1):
-        frozen = global_params(params, config)
+        frozen = jax.device_put(global_params(params, config), where)
+        args = (data, _frozen_weights(frozen, data, config))
         out = run_lbfgs(
-            negative_elbo, params, param_constraints, (data, frozen), config,
-            progress=progress, **common,
+            negative_elbo, params, param_constraints, args, config,
+            resume=state, progress=progress, **common,
         )  # fmt: skip
         losses.append(out.losses)
         steps, seconds = steps + len(out.losses), seconds + out.step_seconds * len(out.losses)
-        params = out.params
+        params, state = out.params, out.state
         moved = max(float(jnp.max(jnp.abs(params[k] - v))) for k, v in frozen.items())
         if moved < 1e-3:  # logit units: delta moves by less than 0.00025
             break
     return out._replace(losses=np.concatenate(losses), step_seconds=seconds / max(steps, 1))
+
+
+_frozen_weights = jax.jit(frozen_weights, static_argnums=2)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))

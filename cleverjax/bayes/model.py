@@ -270,59 +270,88 @@ def global_params(params: dict, config: ModelConfig) -> dict:
     }
 
 
-def negative_elbo(params: dict, data: SPAData, frozen: dict, config: ModelConfig) -> Array:
+def _quadrature(config: ModelConfig, dtype) -> tuple[Array, Array]:
+    """Gauss-Hermite nodes ``(nodes, sites)`` and weights of :class:`QuadratureELBO`."""
+    sites = len(_global_sites(config))
+    nodes, weights = np.polynomial.hermite_e.hermegauss(6)
+    weights = weights / weights.sum()
+    grid = np.stack([g.ravel() for g in np.meshgrid(*([nodes] * sites), indexing="ij")], 1)
+    wgrid = np.meshgrid(*([weights] * sites), indexing="ij")
+    w = np.prod(np.stack([g.ravel() for g in wgrid], axis=1), axis=1)
+    return jnp.asarray(grid, dtype), jnp.asarray(w, dtype)
+
+
+def _globals_at(source: dict, z: Array, config: ModelConfig):
+    """(site values, delta, 1*, log q) at quadrature node ``z`` under the guide ``source``
+    (:func:`global_params` or all parameters)."""
+    dtype = source["delta_fraction_loc"].dtype
+    log_q, values = 0.0, {}
+    for j, (site, _) in enumerate(_global_sites(config)):
+        loc, scale = source[f"{site}_loc"], source[f"{site}_scale"]
+        x = loc + scale * z[j]
+        v = jax.nn.sigmoid(x)
+        values[site] = v
+        # Normal on the logit scale, pushed through the sigmoid.
+        log_q = log_q + dist.Normal(loc, scale).log_prob(x) - jnp.log(v) - jnp.log1p(-v)
+    star = values["one_star"] if "one_star" in values else jnp.asarray(config.one_star, dtype)
+    return values, star * values["delta_fraction"], star, log_q
+
+
+def frozen_weights(frozen: dict, data: SPAData, config: ModelConfig) -> Array | None:
+    """log W_s of every entry at every quadrature node under the globals ``frozen``
+    (:func:`global_params` of an earlier point): what :func:`negative_elbo` gives the
+    entries that are not calibration data under the cut. ``None`` without the cut."""
+    if config.delta_from != "calibration":
+        return None
+    z, _ = _quadrature(config, frozen["delta_fraction_loc"].dtype)
+
+    def at(zi):
+        _, delta, star, _ = _globals_at(frozen, zi, config)
+        return table_log_weights(data.table, delta, star, config.num_terms)
+
+    return jax.lax.map(at, z)
+
+
+def negative_elbo(
+    params: dict, data: SPAData, frozen_log_w: Array | None, config: ModelConfig
+) -> Array:
     """The loss of :class:`QuadratureELBO` on :func:`spa_model` and :func:`global_guide`
     (without annotators or subsampling), written out as one function of the constrained
     parameters, for the quasi-Newton optimiser.
 
     With the cut (``delta_from="calibration"``), entries that are not calibration data
-    see the globals of ``frozen`` (:func:`global_params` of an earlier point) instead of
-    those of ``params``: the loss is then a true function of ``params`` whose gradient is
-    the cut's, so that a line search can trust its values (with ``stop_gradient`` the
-    values would follow one objective and the gradient another). At
-    ``frozen == global_params(params)`` value and gradient equal NumPyro's; the fit
-    iterates ``frozen`` to that fixed point. Without the cut ``frozen`` is unused.
+    take their weights from ``frozen_log_w`` (:func:`frozen_weights` of the globals of an
+    earlier point) instead of the globals of ``params``: the loss is then a true function
+    of ``params`` whose gradient is the cut's, so that a line search can trust its values
+    (with ``stop_gradient`` the values would follow one objective and the gradient
+    another). With the frozen globals equal to ``global_params(params)`` value and
+    gradient equal NumPyro's; the fit iterates them to that fixed point. Without the cut
+    ``frozen_log_w`` is unused (``None``).
     """
     dtype = params["prior_concentration"].dtype
     prior = prior_from_params(params, config)
-    sites = [name for name, _ in _global_sites(config)]
-    nodes, weights = np.polynomial.hermite_e.hermegauss(6)
-    weights = weights / weights.sum()
-    grid = np.stack([g.ravel() for g in np.meshgrid(*([nodes] * len(sites)), indexing="ij")], 1)
-    wgrid = np.meshgrid(*([weights] * len(sites)), indexing="ij")
-    w = jnp.asarray(np.prod(np.stack([g.ravel() for g in wgrid], axis=1), axis=1), dtype)
+    z, w = _quadrature(config, dtype)
     rows = row_part(data, prior)  # delta-free: once for every node
     cut = config.delta_from == "calibration"
     calibrated = entry_calibrated(data.table, config.num_classes)[:, None]
 
-    def globals_at(source, z):
-        """(delta, 1*, log q) at quadrature node ``z`` under the guide ``source``."""
-        log_q, values = 0.0, {}
-        for j, site in enumerate(sites):
-            loc, scale = source[f"{site}_loc"], source[f"{site}_scale"]
-            x = loc + scale * z[j]
-            v = jax.nn.sigmoid(x)
-            values[site] = v
-            # Normal on the logit scale, pushed through the sigmoid.
-            log_q = log_q + dist.Normal(loc, scale).log_prob(x) - jnp.log(v) - jnp.log1p(-v)
-        star = values["one_star"] if "one_star" in values else jnp.asarray(config.one_star, dtype)
-        return values, star * values["delta_fraction"], star, log_q
-
-    def at(z):
-        values, delta, star, log_q = globals_at(params, z)
+    def at(zi, log_w_frozen):
+        values, delta, star, log_q = _globals_at(params, zi, config)
         log_joint = dist.Beta(*config.delta_prior).log_prob(values["delta_fraction"]) - log_q
         if "one_star" in values:
             log_joint = log_joint + dist.Beta(*config.one_star_prior).log_prob(star)
         log_w = table_log_weights(data.table, delta, star, config.num_terms)
         if cut:
-            _, delta_f, star_f, _ = globals_at(frozen, z)
-            log_w_f = table_log_weights(data.table, delta_f, star_f, config.num_terms)
-            log_w = jnp.where(calibrated, log_w, log_w_f)
+            log_w = jnp.where(calibrated, log_w, log_w_frozen)
         t = t_part(data.table, prior, log_w)
         return log_joint + jnp.sum(data.weight * logsumexp(log_marginal(data, rows, t), axis=-1))
 
-    z = jnp.asarray(grid, dtype)
-    values = jax.vmap(at)(z) if config.num_terms <= 64 else jax.lax.map(at, z)
+    if not cut:
+        frozen_log_w = jnp.zeros((z.shape[0],), dtype)  # a placeholder to map over
+    if config.num_terms <= 64:
+        values = jax.vmap(at)(z, frozen_log_w)
+    else:
+        values = jax.lax.map(lambda a: at(*a), (z, frozen_log_w))
     return -jnp.sum(w * values)
 
 

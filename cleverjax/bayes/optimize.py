@@ -40,12 +40,15 @@ class Optimized(NamedTuple):
         step_seconds: wall time of one step after compilation (the mean over every chunk
             after the first; the first chunk's, compilation included, when it stopped
             there).
+        state: the optimiser's final state (L-BFGS: an :class:`LBFGSState`, to resume
+            from), or ``None``.
     """
 
     params: dict
     losses: np.ndarray
     converged: bool
     step_seconds: float
+    state: Any = None
 
 
 def lenient_promotion():
@@ -249,6 +252,7 @@ def run_lbfgs(
     scale: float,
     chunk: int = 10,
     memory: int = 10,
+    resume: LBFGSState | None = None,
     progress: bool = False,
 ) -> Optimized:
     """Minimise ``loss(params, *args, static)`` (deterministic and smooth, e.g.
@@ -262,15 +266,22 @@ def run_lbfgs(
     ``max_steps`` counts evaluations of the objective; converged when the last ``chunk``
     evaluations lowered it by less than ``tolerance * scale`` nats (``scale``: the number
     of images, so that the tolerance is per image).
+
+    ``resume``: the final state of an earlier run (``Optimized.state``) on a changed
+    objective with the same parameters: the run starts at its point with its curvature
+    memory, re-evaluating the objective there first.
     """
     hint = "Check the data (a NaN or infinite weight or count?)"
     start, run_chunk, params_at = _lbfgs_programs(loss, static, constraints, chunk, memory)
-    with lenient_promotion():
-        state = start(params)
-    # Placed where the data are, as the chunks' outputs will be: a state that moves from
-    # uncommitted to committed between chunks would compile the chunk program twice.
+    if resume is None:
+        with lenient_promotion():
+            state = start(params)
+    else:  # a zero step "accepts" the old point under the new objective
+        state = resume._replace(value=jnp.full_like(resume.value, jnp.inf), step=0 * resume.step)
+    # Placed where the data are, as the chunks' outputs will be: inputs that move from
+    # uncommitted to committed between calls would compile the chunk program twice.
     sharding = jax.tree.leaves(args)[0].sharding
-    state, params = jax.device_put((state, params), sharding)
+    state, params, args = jax.device_put((state, params, args), sharding)
 
     def converged_fn(losses):
         return len(losses) > 1 and bool(losses[-2][-1] - losses[-1][-1] < tolerance * scale)
@@ -288,7 +299,7 @@ def run_lbfgs(
         _warn_unconverged(max_steps, "raise `max_steps`")
     with lenient_promotion():
         fitted = params_at(state.x, params)
-    return Optimized(fitted, losses, converged, step_seconds)
+    return Optimized(fitted, losses, converged, step_seconds, state)
 
 
 def run_svi(
