@@ -1,6 +1,7 @@
 """Bayesian model: exactness of the collapsed likelihood, recovery, SVI against the exact
 path, identifiability, predictive checks, annotators, planning and bad input."""
 
+import functools
 import json
 import os
 import subprocess
@@ -669,3 +670,79 @@ def test_windowed_weights_match_a_float64_reference(n):
     )  # fmt: skip
     want = _reference_log_weights(n // 2, n, 0.45, 0.5)
     assert np.nanmax(np.abs(np.asarray(narrow[0]) - want)[np.isfinite(want)]) > 10 * tol
+
+
+def mixed_counts(seed=0, images=300, many=5, n_many=150):
+    """A campaign where ``many`` images have ``n_many`` biased annotations and the rest 10."""
+    p, rho, biased, unbiased = campaign(seed, n=images, calibration=40)
+    extra = cj.simulate_counts(
+        jax.random.key(seed + 7), p[:many], rho[:many], num_annotations=n_many, delta=0.3
+    )
+    return p, rho, np.asarray(biased.at[:many].set(extra)), np.asarray(unbiased)
+
+
+def test_split_levels_partitions_rows_by_annotation_count():
+    _, rho, biased, unbiased = mixed_counts()
+    prep = bdata.prepare(biased, rho, unbiased, None)
+    levels = bdata.split_levels(prep.data)
+    assert [lev.num_terms for lev in levels] == [11, 151]
+    rows = np.sort(np.concatenate([lev.rows for lev in levels]))
+    np.testing.assert_array_equal(rows, np.arange(prep.data.num_rows))  # every row once
+    for lev in levels:
+        np.testing.assert_array_equal(lev.data.counts, np.asarray(prep.data.counts)[lev.rows])
+        np.testing.assert_array_equal(lev.data.weight, np.asarray(prep.data.weight)[lev.rows])
+        # The level's own entries reproduce each row's (c, N).
+        n = np.asarray(lev.data.table.n)[np.asarray(lev.data.entry)]
+        np.testing.assert_array_equal(n, np.asarray(lev.data.counts).sum(axis=1))
+    # Rows of one order of magnitude stay as they are.
+    p, rho, b, u = campaign(0, n=100, calibration=20)
+    single = bdata.prepare(b, rho, u, None).data
+    (only,) = bdata.split_levels(single)
+    assert only.data is single and only.num_terms == 11
+
+
+def test_negative_elbo_on_levels_equals_one_level():
+    """Rows grouped by annotation count, each level with its own polynomial length, give
+    the same objective and gradient as all rows with the longest polynomials; dropping a
+    level (negative control) does not."""
+    _, rho, biased, unbiased = mixed_counts()
+    prep = bdata.prepare(biased, rho, unbiased, None)
+    config = model.ModelConfig(num_classes=3, num_components=2, num_terms=prep.num_terms)
+    params = model.initial_params(config, fitting.initial_prior(prep, config))
+    frozen = model.global_params(params, config)
+    levels = bdata.split_levels(prep.data)
+    by_level = config._replace(level_terms=tuple(lev.num_terms for lev in levels))
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def objective(params, data, config):
+        frozen_w = model.frozen_weights(frozen, data, config)
+        return jax.value_and_grad(model.negative_elbo)(params, data, frozen_w, config)
+
+    want, want_grad = objective(params, bdata.pad(prep.data), config)
+    got, got_grad = objective(params, tuple(bdata.pad(lev.data) for lev in levels), by_level)
+    assert abs(float(got - want)) <= 1e-5 * abs(float(want))
+    for name in want_grad:
+        np.testing.assert_allclose(got_grad[name], want_grad[name], rtol=1e-4, atol=1e-3)
+    first = by_level._replace(level_terms=by_level.level_terms[:1])
+    partial, _ = objective(params, (bdata.pad(levels[0].data),), first)
+    assert abs(float(partial - want)) > 1e-2 * abs(float(want))
+
+
+def test_summaries_by_level_equal_one_level():
+    """The exact posterior means from level-by-level summaries equal those of one pass
+    with the longest polynomials (no sampling is involved in the mean)."""
+    _, rho, biased, unbiased = mixed_counts()
+    prep = bdata.prepare(biased, rho, unbiased, None)
+    config = model.ModelConfig(num_classes=3, num_components=2, num_terms=prep.num_terms)
+    prior = fitting.initial_prior(prep, config)
+    deltas, stars = jnp.asarray([0.25, 0.35]), jnp.asarray([0.99, 0.99])
+    devs = (jax.devices()[0],)
+    key = jax.random.key(0)
+    got = fitting._summarise(key, prep, prior, deltas, stars, 0.9, 4, devs)
+    single = [bdata.Level(np.arange(prep.data.num_rows), prep.data, prep.num_terms)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fitting, "split_levels", lambda data: single)
+        want = fitting._summarise(key, prep, prior, deltas, stars, 0.9, 4, devs)
+    np.testing.assert_allclose(got[0], want[0], atol=2e-5)  # posterior means
+    np.testing.assert_allclose(got[3], want[3], rtol=1e-4, atol=1e-4)  # predictive moments
+    assert got[0].shape == (prep.data.num_rows, 3)

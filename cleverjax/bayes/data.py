@@ -196,6 +196,65 @@ def compress(
 
 
 # ----------------------------------------------------------------------------------
+# Levels of annotation counts
+# ----------------------------------------------------------------------------------
+
+
+LEVEL_BASE = 32
+"""Rows whose polynomials have at most this many terms (N + 1) form the first level."""
+
+LEVEL_RATIO = 4
+"""Each further level holds rows with up to this many times the terms of the one before."""
+
+
+class Level(NamedTuple):
+    """Rows whose numbers of biased annotations are of one order of magnitude.
+
+    Attributes:
+        rows: indices of the level's rows in the full data.
+        data: the rows, with their own entry table.
+        num_terms: polynomial terms of the level: its largest N + 1.
+    """
+
+    rows: np.ndarray
+    data: SPAData
+    num_terms: int
+
+
+def restrict(data: SPAData, rows: np.ndarray) -> SPAData:
+    """The rows ``rows`` of ``data`` (distinct rows, kept as they are) with a table of only
+    their own entries."""
+    rho = np.asarray(data.proposals)[rows].astype(np.int64)
+    probe = np.asarray(data.probe)[rows]
+    c = np.asarray(data.counts)[rows].astype(np.int64)
+    u = np.asarray(data.unbiased)[rows].astype(np.int64)
+    table, entry = _entry_table(rho, probe, c, u, c.shape[1])
+    return SPAData(
+        _i32(rho), _i32(c), _i32(u), jnp.asarray(probe),
+        jnp.asarray(np.asarray(data.weight)[rows]), _i32(entry), table,
+    )  # fmt: skip
+
+
+def split_levels(data: SPAData) -> list[Level]:
+    """The rows grouped by their number of biased annotations N: the first level has
+    ``N + 1 <= LEVEL_BASE``, each further one up to ``LEVEL_RATIO`` times more. Every level
+    gets polynomials of its own length (its largest N + 1), so that a few images with many
+    annotations do not make every image pay for their terms. One level (all rows, as they
+    are) when the rows are of one order of magnitude."""
+    terms = np.asarray(data.counts).sum(axis=1) + 1
+    ratio = np.maximum(terms / LEVEL_BASE, 1.0)
+    level = np.ceil(np.log(ratio) / np.log(LEVEL_RATIO) - 1e-9).astype(np.int64)
+    present = np.unique(level)
+    if len(present) == 1:
+        return [Level(np.arange(data.num_rows), data, int(terms.max()))]
+    out = []
+    for lev in present:
+        rows = np.flatnonzero(level == lev)
+        out.append(Level(rows, restrict(data, rows), int(terms[rows].max())))
+    return out
+
+
+# ----------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from .data import (
     prepare,
     replicate_on,
     shard_rows,
+    split_levels,
     subsample,
 )
 from .likelihood import Prior
@@ -275,13 +276,20 @@ def _optimise(
         data, _ = subsample(prep, prior_images, k_sub)
     else:
         data = prep.data
-    data = jax.device_put(pad(data), device)
     scale = float(prep.counts.shape[0])  # tolerances are per image
     optimizer = settings["optimizer"]
     common = dict(max_steps=settings["max_steps"], tolerance=settings["tolerance"], scale=scale)
     if optimizer is None:
+        levels = split_levels(data)
+        if len(levels) > 1:  # each level with polynomials of its own length
+            config = config._replace(level_terms=tuple(lev.num_terms for lev in levels))
+            data = tuple(pad(lev.data) for lev in levels)
+        else:
+            data = pad(data)
+        data = jax.device_put(data, device)
         out = _lbfgs_fit(data, config, init, settings["progress"], common)
     else:
+        data = jax.device_put(pad(data), device)
         svi = _svi(config, optimizer)
         out = run_svi(svi, k_opt, (data,), {"init": init}, progress=settings["progress"], **common)
     return out, data
@@ -364,6 +372,39 @@ def _nuts_draws(key, prep: Prepared, params, config: ModelConfig, init: Prior, s
     else:
         stars = jnp.full_like(samples["delta_fraction"], config.one_star)
     return stars * samples["delta_fraction"], stars
+
+
+def _summarise(key, prep: Prepared, prior, deltas, stars, level, per_delta, devs) -> tuple:
+    """:func:`summaries` of every row of ``prep.data`` (in its order), level by level (see
+    :func:`split_levels`): rows with few annotations do not pay for the polynomial
+    terms of rows with many."""
+    # The globals come from one device; every device gets its own copy.
+    impl = str(jax.random.key_impl(key))
+    outs, order = [], []
+    for i, lev in enumerate(split_levels(prep.data)):
+        k = key if i == 0 else jax.random.fold_in(key, i)
+        k, prior_d, deltas_d, stars_d = replicate_on(
+            devs, (jax.random.key_data(k), prior, deltas, stars)
+        )
+        out = summaries(
+            k,
+            shard_rows(pad(lev.data, len(devs)), devs),
+            prior_d,
+            deltas_d,
+            stars_d,
+            num_terms=lev.num_terms,
+            level=level,
+            per_delta=per_delta,
+            devices=devs,
+            key_impl=impl,
+        )
+        out = local_arrays(tuple(out))  # several processes: gathered
+        outs.append(tuple(x[: len(lev.rows)] for x in out))
+        order.append(lev.rows)
+    if len(outs) == 1:
+        return outs[0]
+    back = jnp.asarray(np.argsort(np.concatenate(order)))
+    return tuple(jnp.concatenate(parts)[back] for parts in zip(*outs))
 
 
 def _interval(draws: Array, level: float) -> tuple[float, float]:
@@ -579,26 +620,8 @@ def fit(
     draws_s = lap()
 
     # 3. Every image's posterior.
-    data = shard_rows(pad(prep.data, len(devs)), devs)
     per_delta = -(-int(num_interval_draws) // int(num_draws))
-    # The globals come from one device; every device gets its own copy.
-    impl = str(jax.random.key_impl(k_int))
-    k_int, prior, deltas, stars = replicate_on(
-        devs, (jax.random.key_data(k_int), prior, deltas, stars)
-    )
-    out = summaries(
-        k_int,
-        data,
-        prior,
-        deltas,
-        stars,
-        num_terms=config.num_terms,
-        level=float(level),
-        per_delta=per_delta,
-        devices=devs,
-        key_impl=impl,
-    )
-    out = local_arrays(tuple(out))  # several processes: gathered
+    out = _summarise(k_int, prep, prior, deltas, stars, float(level), per_delta, devs)
     rows = jnp.asarray(prep.inverse)
     mean, lower, upper = (x[rows] for x in out[:3])
     posterior_mean = jax.block_until_ready(mean)

@@ -50,6 +50,9 @@ class ModelConfig(NamedTuple):
             other rows inform the prior and are repaired, but cannot move delta through
             the parametric prior. ``"all"``: every row informs delta (full Bayes).
         spikes: add the two spike components (``p[rho] = 0`` and ``p[rho] = 1``).
+        level_terms: polynomial terms of each level of the data given to
+            :func:`negative_elbo` as levels (see :func:`cleverjax.bayes.data.split_levels`);
+            empty: one level with ``num_terms``.
     """
 
     num_classes: int
@@ -62,6 +65,7 @@ class ModelConfig(NamedTuple):
     num_workers: int = 0
     delta_from: str = "calibration"
     spikes: bool = True
+    level_terms: tuple[int, ...] = ()
 
 
 def _globals(config: ModelConfig) -> tuple[Array, Array]:
@@ -297,27 +301,43 @@ def _globals_at(source: dict, z: Array, config: ModelConfig):
     return values, star * values["delta_fraction"], star, log_q
 
 
-def frozen_weights(frozen: dict, data: SPAData, config: ModelConfig) -> Array | None:
+def _levels(data, config: ModelConfig) -> tuple[tuple[SPAData, ...], tuple[int, ...]]:
+    """The data as levels and each level's polynomial terms."""
+    if isinstance(data, SPAData):
+        return (data,), (config.num_terms,)
+    terms = config.level_terms or (config.num_terms,)
+    if len(terms) != len(data):
+        raise ValueError(f"{len(data)} levels of data but `level_terms` {terms}")
+    return tuple(data), terms
+
+
+def frozen_weights(frozen: dict, data, config: ModelConfig):
     """log W_s of every entry at every quadrature node under the globals ``frozen``
     (:func:`global_params` of an earlier point): what :func:`negative_elbo` gives the
-    entries that are not calibration data under the cut. ``None`` without the cut."""
+    entries that are not calibration data under the cut; one array per level when
+    ``data`` is a tuple of levels. ``None`` without the cut."""
     if config.delta_from != "calibration":
         return None
+    levels, terms = _levels(data, config)
     z, _ = _quadrature(config, frozen["delta_fraction_loc"].dtype)
 
     def at(zi):
         _, delta, star, _ = _globals_at(frozen, zi, config)
-        return table_log_weights(data.table, delta, star, config.num_terms)
+        return tuple(table_log_weights(d.table, delta, star, n) for d, n in zip(levels, terms))
 
-    return jax.lax.map(at, z)
+    out = jax.lax.map(at, z)
+    return out[0] if isinstance(data, SPAData) else out
 
 
-def negative_elbo(
-    params: dict, data: SPAData, frozen_log_w: Array | None, config: ModelConfig
-) -> Array:
+def negative_elbo(params: dict, data, frozen_log_w, config: ModelConfig) -> Array:
     """The loss of :class:`QuadratureELBO` on :func:`spa_model` and :func:`global_guide`
     (without annotators or subsampling), written out as one function of the constrained
     parameters, for the quasi-Newton optimiser.
+
+    ``data`` is one :class:`SPAData`, or a tuple of levels (rows grouped by their number
+    of annotations, see :func:`cleverjax.bayes.data.split_levels`) whose polynomial terms
+    are ``config.level_terms``: the loss is the sum over the levels, and each level pays
+    only for its own terms.
 
     With the cut (``delta_from="calibration"``), entries that are not calibration data
     take their weights from ``frozen_log_w`` (:func:`frozen_weights` of the globals of an
@@ -330,28 +350,33 @@ def negative_elbo(
     """
     dtype = params["prior_concentration"].dtype
     prior = prior_from_params(params, config)
+    levels, terms = _levels(data, config)
     z, w = _quadrature(config, dtype)
-    rows = row_part(data, prior)  # delta-free: once for every node
+    rows = [row_part(d, prior) for d in levels]  # delta-free: once for every node
     cut = config.delta_from == "calibration"
-    calibrated = entry_calibrated(data.table, config.num_classes)[:, None]
+    calibrated = [entry_calibrated(d.table, config.num_classes)[:, None] for d in levels]
+    if not cut:
+        frozen = tuple(jnp.zeros((z.shape[0],), dtype) for _ in levels)  # placeholders
+    else:
+        frozen = (frozen_log_w,) if isinstance(data, SPAData) else tuple(frozen_log_w)
 
     def at(zi, log_w_frozen):
         values, delta, star, log_q = _globals_at(params, zi, config)
         log_joint = dist.Beta(*config.delta_prior).log_prob(values["delta_fraction"]) - log_q
         if "one_star" in values:
             log_joint = log_joint + dist.Beta(*config.one_star_prior).log_prob(star)
-        log_w = table_log_weights(data.table, delta, star, config.num_terms)
-        if cut:
-            log_w = jnp.where(calibrated, log_w, log_w_frozen)
-        t = t_part(data.table, prior, log_w)
-        return log_joint + jnp.sum(data.weight * logsumexp(log_marginal(data, rows, t), axis=-1))
+        for d, n, r, cal, f in zip(levels, terms, rows, calibrated, log_w_frozen):
+            log_w = table_log_weights(d.table, delta, star, n)
+            if cut:
+                log_w = jnp.where(cal, log_w, f)
+            t = t_part(d.table, prior, log_w)
+            log_joint = log_joint + jnp.sum(d.weight * logsumexp(log_marginal(d, r, t), axis=-1))
+        return log_joint
 
-    if not cut:
-        frozen_log_w = jnp.zeros((z.shape[0],), dtype)  # a placeholder to map over
-    if config.num_terms <= 64:
-        values = jax.vmap(at)(z, frozen_log_w)
+    if max(terms) <= 64:
+        values = jax.vmap(at)(z, frozen)
     else:
-        values = jax.lax.map(lambda a: at(*a), (z, frozen_log_w))
+        values = jax.lax.map(lambda a: at(*a), (z, frozen))
     return -jnp.sum(w * values)
 
 

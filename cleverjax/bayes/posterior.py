@@ -138,23 +138,26 @@ def sample_p(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num_draw
 # ----------------------------------------------------------------------------------
 
 
-def row_block(rows_per_device: int, per_row: int) -> int:
+def row_block(rows_per_device: int, per_row: int, shared: int = 0) -> int:
     """Rows per block: a power of two that divides ``rows_per_device`` and keeps a
-    block's arrays near ``_BLOCK_ELEMENTS`` numbers."""
-    cap = max(1, _BLOCK_ELEMENTS // max(per_row, 1))
+    block's arrays near ``_BLOCK_ELEMENTS`` numbers, or near ``shared``, the numbers
+    every block computes whatever its size (the entries' part), when that is larger: then
+    the shared work is not repeated for many small blocks."""
+    cap = max(1, max(_BLOCK_ELEMENTS, shared) // max(per_row, 1))
     block = 1
     while block * 2 <= cap and rows_per_device % (block * 2) == 0:
         block *= 2
     return block
 
 
-def map_rows(fn, data: SPAData, replicated, *, devices, per_row: int):
+def map_rows(fn, data: SPAData, replicated, *, devices, per_row: int, shared: int = 0):
     """``fn(block_data, block_ids, replicated) -> pytree of (rows, ...)`` over blocks of
     rows (``block_ids``: the rows' indices), with ``lax.map`` on each device and
     ``shard_map`` across devices; ``data.num_rows`` must be a multiple of the device
-    count. The entry table and ``replicated`` go to every block."""
+    count. The entry table and ``replicated`` go to every block (see :func:`row_block`
+    for ``per_row`` and ``shared``)."""
     num_dev = len(devices)
-    block = row_block(data.num_rows // num_dev, per_row)
+    block = row_block(data.num_rows // num_dev, per_row, shared)
     row_fields = (*data[:6], jnp.arange(data.num_rows, dtype=jnp.uint32))
 
     def per_device(fields, rep):
@@ -271,7 +274,10 @@ def summaries(
         return Summaries(jnp.mean(means, axis=0), lower, upper, acc[0].T, acc[1].T)
 
     per_row = deltas.shape[0] * per_delta * num_classes
-    return map_rows(block_fn, data, (log_ws, key, prior), devices=devices, per_row=per_row)
+    shared = deltas.shape[0] * data.table.num_entries * prior.weights.shape[1] * num_terms
+    return map_rows(
+        block_fn, data, (log_ws, key, prior), devices=devices, per_row=per_row, shared=shared
+    )
 
 
 # ----------------------------------------------------------------------------------
