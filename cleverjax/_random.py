@@ -1,4 +1,5 @@
-"""Counter-based random numbers and exact binomial/multinomial samplers.
+"""Counter-based random numbers, exact binomial/multinomial samplers and a bulk log-Gamma
+sampler.
 
 Every random number is a pure function of ``(key, stream, lane, counter)`` through
 Threefry-2x32, the generator behind ``jax.random``. An annotation's uniform depends on
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend.random import threefry_2x32
-from jaxtyping import Array, Float, Int, PRNGKeyArray, Shaped, UInt32
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, Real, Shaped, UInt32
 
 KeyData = UInt32[Array, "2"]
 
@@ -232,3 +233,150 @@ def multinomial(
 
     _, draws = lax.scan(step, n, (jnp.arange(num_classes, dtype=jnp.uint32), cond.T))
     return draws.T
+
+
+_LOOP_TRIES = 4
+"""Tries per pending element in each pass of the loop: a pass then leaves an element
+unaccepted with probability below 1e-5, and costs little as the buffer is small."""
+
+
+def _first_accepted(
+    key: PRNGKeyArray, d: Float[Array, " n"], c: Float[Array, " n"], tries: int
+) -> tuple[Float[Array, " n"], Bool[Array, " n"]]:
+    """``tries`` Marsaglia–Tsang tries per element, all drawn at once: the log of the
+    first accepted Gamma(d + 1/3) draw (arbitrary where none was) and whether any was."""
+    dtype = d.dtype
+    k_x, k_u = jax.random.split(key)
+    x = jax.random.normal(k_x, (tries, *d.shape), dtype)
+    u = 1 - jax.random.uniform(k_u, (tries, *d.shape), dtype)  # in (0, 1]: log(u) is finite
+    y = c[None] * x
+    positive = y > -1  # v = (1 + y)^3 must be positive
+    y = jnp.where(positive, y, 0)
+    log1p_y = jnp.log1p(y)
+    squeeze = u < 1 - 0.0331 * ((x * x) * (x * x))
+    # The log test's bound x^2 / 2 + d (1 - v + log v), with d y^2 = x^2 / 9 substituted:
+    # 3d times log1p(y) past its cubic term. Its float rounding grows like sqrt(d), not d.
+    bound = 3 * d[None] * ((log1p_y - y) + y * y * (0.5 - y / 3))
+    accepted = positive & (squeeze | (jnp.log(u) < bound))
+    log_g = jnp.log(d)[None] + 3 * log1p_y  # log(d v)
+    first = log_g[tries - 1]
+    for i in reversed(range(tries - 1)):
+        first = jnp.where(accepted[i], log_g[i], first)
+    return first, jnp.any(accepted, axis=0)
+
+
+def _finish(
+    key: PRNGKeyArray,
+    d: Float[Array, " n"],
+    c: Float[Array, " n"],
+    log_g: Float[Array, " n"],
+    done: Bool[Array, " n"],
+    buffer: int,
+) -> Float[Array, " n"]:
+    """Fresh tries for the elements not ``done`` until every one is accepted.
+
+    Each pass gathers up to ``buffer`` pending elements, draws ``_LOOP_TRIES`` tries for
+    each from the pass's own key and scatters the accepted draws back; elements beyond
+    the buffer wait for the next pass. The fresh tries are independent of the earlier
+    ones, whichever buffer slot an element lands in, so the draws stay exact."""
+    size = d.shape[0]
+    if size == 0:
+        return log_g
+    buffer = min(buffer, size)
+
+    def pending(state):
+        _, _, done = state
+        return jnp.any(~done)
+
+    def one_pass(state):
+        i, log_g, done = state
+        (idx,) = jnp.nonzero(~done, size=buffer, fill_value=size)  # size: a dropped slot
+        fresh, accepted = _first_accepted(
+            jax.random.fold_in(key, i),
+            d.at[idx].get(mode="clip"),
+            c.at[idx].get(mode="clip"),
+            _LOOP_TRIES,
+        )
+        # An unaccepted try's value is written too: its element stays pending, so a later
+        # pass overwrites it.
+        log_g = log_g.at[idx].set(fresh, mode="drop")
+        return i + 1, log_g, done.at[idx].set(accepted, mode="drop")
+
+    _, log_g, _ = lax.while_loop(pending, one_pass, (jnp.uint32(0), log_g, done))
+    return log_g
+
+
+def log_gamma(
+    key: PRNGKeyArray | Shaped[Array, 2],
+    alpha: Real[ArrayLike, "*shape"],
+    dtype=None,
+    *,
+    tries: int = 1,
+) -> Float[Array, "*shape"]:
+    """Exact draws of ``log G`` with ``G ~ Gamma(alpha, 1)``, one per entry of ``alpha``.
+
+    Marsaglia and Tsang's rejection method for the shape ``alpha`` when ``alpha >= 1`` and
+    ``alpha + 1`` otherwise, boosted back by ``log G(alpha) = log G(alpha + 1) + log(U) /
+    alpha`` in log space, so that tiny shapes do not underflow.
+
+    ``jax.random.loggamma`` runs one rejection loop per element, splitting keys in it.
+    Here every element gets ``tries`` tries at once (one call for the normals, one for the
+    uniforms) and keeps its first accepted one. A try is accepted with probability above
+    0.95 for any shape, so after ``tries`` tries fewer than ``size / 20**tries`` elements
+    are pending; a ``lax.while_loop`` gathers them into a buffer of ``4 + size //
+    16**tries`` slots and draws fresh tries for them, pass after pass, until every element
+    is accepted. No element is ever returned unaccepted. Each element's tries are
+    independent, so the draws are exact; the bits differ from ``jax.random.loggamma``'s.
+    Under ``jax.vmap`` over keys, each key gives the draws it gives alone.
+
+    Args:
+        key: a PRNG key from ``jax.random.key(seed)`` (or a legacy ``uint32[2]`` key).
+        alpha: ``(*shape)`` positive finite shapes; a zero gives ``-inf`` (the limit),
+            other entries NaN.
+        dtype: float dtype of the draws; by default ``alpha``'s if it is floating, else the
+            default float dtype.
+        tries: keyword-only; tries per element in the first pass (1 is fastest: the
+            loop's buffer then holds the rejected twentieth).
+
+    Returns:
+        ``(*shape)`` draws of ``log G``; finite for finite positive shapes (down to about
+        ``1e-37`` in float32, where ``log(U) / alpha`` would overflow).
+
+    Raises:
+        ValueError: if ``tries < 1`` or ``key`` is a batch of keys.
+        TypeError: if ``key`` is not a key or ``dtype`` is not a float dtype.
+
+    Examples:
+        >>> import jax
+        >>> alpha = jax.numpy.array([1e-4, 0.5, 3.0, 1e4])
+        >>> log_gamma(jax.random.key(0), alpha).shape
+        (4,)
+
+    References:
+        G. Marsaglia and W. W. Tsang, "A simple method for generating gamma variables",
+        ACM Transactions on Mathematical Software 26 (2000), 363-372.
+    """
+    if tries < 1:
+        raise ValueError(f"`log_gamma(tries=...)` must be at least 1; got {tries}")
+    key = as_typed_key(key)
+    alpha = jnp.asarray(alpha)
+    if dtype is None:
+        floating = jnp.issubdtype(alpha.dtype, jnp.floating)
+        dtype = alpha.dtype if floating else jax.dtypes.canonicalize_dtype(float)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"`log_gamma(dtype=...)` must be a float dtype; got {dtype}")
+    shape = alpha.shape
+    given = alpha.astype(dtype).ravel()
+    valid = (given > 0) & jnp.isfinite(given)
+    small = given < 1
+    alpha = jnp.where(valid, given, 1)  # dummy shape, marked done below so the loop ends
+    d = jnp.where(small, alpha + 1, alpha) - 1 / 3
+    c = lax.rsqrt(9 * d)
+    k_first, k_more, k_boost = jax.random.split(key, 3)
+    log_g, accepted = _first_accepted(k_first, d, c, tries)
+    buffer = 4 + (alpha.shape[0] >> (4 * tries))
+    log_g = _finish(k_more, d, c, log_g, accepted | ~valid, buffer)
+    u = 1 - jax.random.uniform(k_boost, alpha.shape, dtype)
+    log_g = jnp.where(small, log_g + jnp.log(u) / alpha, log_g)
+    invalid = jnp.where(given == 0, -jnp.inf, jnp.nan)  # Gamma(0) is the point mass at 0
+    return jnp.where(valid, log_g, invalid).reshape(shape)

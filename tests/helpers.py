@@ -7,7 +7,7 @@ its tolerance from it; each has a negative control that must be rejected.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 ALPHA = 1e-4
 """False-failure budget of one statistical test."""
@@ -102,3 +102,12 @@ def poisson_binomial_pmf(probs) -> np.ndarray:
     for q in np.asarray(probs, float):
         pmf = np.convolve(pmf, [1 - q, q])
     return pmf
+
+
+def log_gamma_cdf(t, alpha: float) -> np.ndarray:
+    """P(log G <= t) for G ~ Gamma(alpha, 1), also where exp(t) underflows: below
+    t = -30 the regularised incomplete gamma is x^alpha / Gamma(alpha + 1) to double
+    precision (its next term is of relative size x < 1e-13)."""
+    t = np.asarray(t, float)
+    tail = np.exp(alpha * np.minimum(t, -30.0) - special.gammaln(alpha + 1))
+    return np.where(t < -30.0, tail, special.gammainc(alpha, np.exp(np.maximum(t, -30.0))))

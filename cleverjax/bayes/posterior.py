@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Float
 
+from .._random import log_gamma
 from .data import SPAData, numpy_rng
 from .likelihood import (
     Prior,
@@ -107,8 +108,8 @@ def sample_p(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num_draw
     Dirichlet.
 
     The Beta draw of t and the Dirichlet draw of r both come from Gamma variables, drawn
-    in log space (tiny concentrations underflow a plain Gamma draw to 0) and in one call,
-    so that the program holds one copy of the Gamma sampler's rejection loop."""
+    in log space (tiny concentrations underflow a plain Gamma draw to 0) and in one call
+    of the bulk sampler ``log_gamma``, so that the program holds one copy of its loop."""
     k_z, k_s, k_g = jax.random.split(key, 3)
     dtype = t.log_mix.dtype
     num_classes = data.counts.shape[1]
@@ -125,7 +126,7 @@ def sample_p(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num_draw
     is_rho = _is_rho(data.proposals, num_classes)[None]
     a_rest = rows.a_rest[jnp.arange(data.num_rows)[None, :], z]  # (draws, rows, K)
     shapes = jnp.concatenate([a[..., None], b[..., None], jnp.where(is_rho, 1.0, a_rest)], axis=-1)
-    log_g = jax.random.loggamma(k_g, shapes, dtype=dtype)
+    log_g = log_gamma(k_g, shapes, dtype)
     t_draw = jnp.exp(log_g[..., 0] - jnp.logaddexp(log_g[..., 0], log_g[..., 1]))
     kind = jnp.asarray(prior.kind)[z]
     t_draw = jnp.where(kind == 1, 0.0, jnp.where(kind == 2, 1.0, t_draw))
