@@ -317,7 +317,7 @@ def _lbfgs_fit(data, config: ModelConfig, init: Prior, progress: bool, common: d
         losses.append(out.losses)
         steps, seconds = steps + len(out.losses), seconds + out.step_seconds * len(out.losses)
         params, state = out.params, out.state
-        moved = max(float(jnp.max(jnp.abs(params[k] - v))) for k, v in frozen.items())
+        moved = max(np.max(np.abs(np.asarray(params[k]) - np.asarray(v))) for k, v in frozen.items())
         if moved < 1e-3:  # logit units: delta moves by less than 0.00025
             break
     return out._replace(losses=np.concatenate(losses), step_seconds=seconds / max(steps, 1))
@@ -657,9 +657,9 @@ def fit(
         warn_failed(checks)
     check_s = lap()
     return FitResult(
-        delta=float(jnp.mean(all_deltas)),
+        delta=float(np.mean(np.asarray(all_deltas))),
         delta_interval=_interval(all_deltas, level),
-        one_star=float(jnp.mean(all_stars)),
+        one_star=float(np.mean(np.asarray(all_stars))),
         one_star_interval=_interval(all_stars, level),
         posterior_mean=posterior_mean,
         lower=lower,

@@ -241,14 +241,16 @@ class QuadratureELBO(ELBO):
 def initial_params(config: ModelConfig, init: Prior) -> dict:
     """Starting values of every parameter of :func:`spa_model` and :func:`global_guide`
     (constrained; NumPyro's parameter names)."""
+    # On the host: small eager operations would each compile a program.
+    dtype = np.dtype(init.concentration.dtype)
     params = {
-        "prior_mean_logits": jnp.log(init.mean),
-        "prior_concentration": init.concentration,
-        "prior_weight_logits": jnp.log(init.weights),
+        "prior_mean_logits": np.log(np.asarray(init.mean)),
+        "prior_concentration": np.asarray(init.concentration),
+        "prior_weight_logits": np.log(np.asarray(init.weights)),
     }
     for site, start in _global_sites(config):
-        params[f"{site}_loc"] = jnp.asarray(start, init.concentration.dtype)
-        params[f"{site}_scale"] = jnp.asarray(0.1, init.concentration.dtype)
+        params[f"{site}_loc"] = np.asarray(start, dtype)
+        params[f"{site}_scale"] = np.asarray(0.1, dtype)
     return params
 
 

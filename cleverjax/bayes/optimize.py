@@ -277,7 +277,8 @@ def run_lbfgs(
         with lenient_promotion():
             state = start(params)
     else:  # a zero step "accepts" the old point under the new objective
-        state = resume._replace(value=jnp.full_like(resume.value, jnp.inf), step=0 * resume.step)
+        dtype = resume.value.dtype
+        state = resume._replace(value=np.asarray(np.inf, dtype), step=np.zeros((), dtype))
     # Placed where the data are, as the chunks' outputs will be: inputs that move from
     # uncommitted to committed between calls would compile the chunk program twice.
     sharding = jax.tree.leaves(args)[0].sharding
