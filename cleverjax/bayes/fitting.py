@@ -298,6 +298,10 @@ def _optimise(
 MAX_CUT_ROUNDS = 8
 """With the cut, rounds of L-BFGS with the other images' globals frozen, at most."""
 
+EARLY_ROUND_LOOSENESS = 10.0
+"""With the cut, rounds run at this many times the tolerance until the globals move by
+less than 0.01 (logit units) in a round; then at the tolerance until they stop moving."""
+
 
 def _lbfgs_fit(data, config: ModelConfig, init: Prior, progress: bool, common: dict) -> Optimized:
     """L-BFGS on :func:`negative_elbo`. With the cut, in rounds: the images that are not
@@ -307,19 +311,24 @@ def _lbfgs_fit(data, config: ModelConfig, init: Prior, progress: bool, common: d
     params = initial_params(config, init)
     losses, steps, seconds, state = [], 0, 0.0, None
     where = jax.tree.leaves(data)[0].sharding
-    for _ in range(MAX_CUT_ROUNDS if config.delta_from == "calibration" else 1):
+    cut = config.delta_from == "calibration"
+    loose = cut and EARLY_ROUND_LOOSENESS > 1
+    for _ in range(MAX_CUT_ROUNDS if cut else 1):
         frozen = jax.device_put(global_params(params, config), where)
         args = (data, _frozen_weights(frozen, data, config))
+        # While the globals still move, a round need not polish what the next one changes.
+        tolerance = common["tolerance"] * (EARLY_ROUND_LOOSENESS if loose else 1)
         out = run_lbfgs(
             negative_elbo, params, param_constraints, args, config,
-            resume=state, progress=progress, **common,
+            resume=state, progress=progress, **{**common, "tolerance": tolerance},
         )  # fmt: skip
         losses.append(out.losses)
         steps, seconds = steps + len(out.losses), seconds + out.step_seconds * len(out.losses)
         params, state = out.params, out.state
         moved = max(np.max(np.abs(np.asarray(params[k]) - np.asarray(v))) for k, v in frozen.items())
-        if moved < 1e-3:  # logit units: delta moves by less than 0.00025
+        if moved < 1e-3 and not loose:  # logit units: delta moves by less than 0.00025
             break
+        loose = loose and moved >= 1e-2
     return out._replace(losses=np.concatenate(losses), step_seconds=seconds / max(steps, 1))
 
 
