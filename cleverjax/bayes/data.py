@@ -118,6 +118,36 @@ def entry_calibrated(table: EntryTable, num_classes: int) -> Bool[Array, " entri
     return (table.n > 0) & ((table.m > 0) | (table.group == num_classes))
 
 
+class LivePairs(NamedTuple):
+    """The (c, N) pairs of the calibration entries: under the cut, the only polynomial
+    weights that follow the current globals (the others are frozen for a round).
+
+    Attributes:
+        entry_pair: ``(entries,)`` each calibration entry's pair in ``c`` and ``n`` (0 for
+            the other entries).
+        c: ``(pairs,)`` c of each pair (padded to a bucketed size; empty when no entry
+            is calibration data).
+        n: ``(pairs,)`` N of each pair.
+    """
+
+    entry_pair: Int[Array, " entries"]
+    c: Int[Array, " pairs"]
+    n: Int[Array, " pairs"]
+
+
+def live_pairs(table: EntryTable, num_classes: int) -> LivePairs:
+    """The :class:`LivePairs` of ``table`` (computed on the host)."""
+    n, m, group = (np.asarray(x) for x in (table.n, table.m, table.group))
+    cal = (n > 0) & ((m > 0) | (group == num_classes))
+    pair_c, pair_n = np.asarray(table.pair_c), np.asarray(table.pair_n)
+    used, inverse = np.unique(np.asarray(table.pair)[cal], return_inverse=True)
+    entry_pair = np.zeros(len(n), np.int32)
+    entry_pair[cal] = inverse.reshape(-1)
+    size = bucket(len(used)) if len(used) else 0
+    c, n_ = (_pad_rows(x[used], size) if size else x[:0] for x in (pair_c, pair_n))
+    return LivePairs(entry_pair, c.astype(np.int32), n_.astype(np.int32))
+
+
 def calibrated(data: SPAData) -> Bool[Array, " rows"]:
     """Rows that identify delta: biased annotations plus unbiased ones or a probe proposal."""
     return entry_calibrated(data.table, data.counts.shape[1])[data.entry]

@@ -34,7 +34,9 @@ from .._random import as_typed_key
 from .checks import ModelCheck, model_checks, warn_failed
 from .data import (
     Prepared,
+    SPAData,
     calibrated,
+    live_pairs,
     local_arrays,
     pad,
     prepare,
@@ -49,7 +51,7 @@ from .model import (
     QuadratureELBO,
     _global_sites,
     component_kinds,
-    frozen_weights,
+    freeze,
     global_guide,
     global_params,
     initial_params,
@@ -313,9 +315,13 @@ def _lbfgs_fit(data, config: ModelConfig, init: Prior, progress: bool, common: d
     where = jax.tree.leaves(data)[0].sharding
     cut = config.delta_from == "calibration"
     loose = cut and EARLY_ROUND_LOOSENESS > 1
+    levels = (data,) if isinstance(data, SPAData) else data
+    live = jax.device_put(
+        tuple(live_pairs(d.table, config.num_classes) for d in levels), where
+    )  # the calibration entries' pairs: computed once
     for _ in range(MAX_CUT_ROUNDS if cut else 1):
         frozen = jax.device_put(global_params(params, config), where)
-        args = (data, _frozen_weights(frozen, data, config))
+        args = (data, freeze(frozen, data, config, live))
         # While the globals still move, a round need not polish what the next one changes.
         tolerance = common["tolerance"] * (EARLY_ROUND_LOOSENESS if loose else 1)
         out = run_lbfgs(
@@ -325,14 +331,13 @@ def _lbfgs_fit(data, config: ModelConfig, init: Prior, progress: bool, common: d
         losses.append(out.losses)
         steps, seconds = steps + len(out.losses), seconds + out.step_seconds * len(out.losses)
         params, state = out.params, out.state
-        moved = max(np.max(np.abs(np.asarray(params[k]) - np.asarray(v))) for k, v in frozen.items())
+        moved = max(
+            np.max(np.abs(np.asarray(params[k]) - np.asarray(v))) for k, v in frozen.items()
+        )
         if moved < 1e-3 and not loose:  # logit units: delta moves by less than 0.00025
             break
         loose = loose and moved >= 1e-2
     return out._replace(losses=np.concatenate(losses), step_seconds=seconds / max(steps, 1))
-
-
-_frozen_weights = jax.jit(frozen_weights, static_argnums=2)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))

@@ -18,7 +18,7 @@ from numpyro.distributions import constraints
 from numpyro.infer.elbo import ELBO
 from numpyro.infer.util import log_density
 
-from .data import SPAData, entry_calibrated
+from .data import LivePairs, SPAData, entry_calibrated, live_pairs
 from .likelihood import (
     CONCENTRATION_BOUNDS,
     AnnotatorData,
@@ -27,6 +27,7 @@ from .likelihood import (
     log_likelihood,
     log_marginal,
     log_weights_annotators,
+    log_weights_counts,
     row_part,
     t_part,
     table_log_weights,
@@ -313,13 +314,22 @@ def _levels(data, config: ModelConfig) -> tuple[tuple[SPAData, ...], tuple[int, 
     return tuple(data), terms
 
 
-def frozen_weights(frozen: dict, data, config: ModelConfig):
-    """log W_s of every entry at every quadrature node under the globals ``frozen``
-    (:func:`global_params` of an earlier point): what :func:`negative_elbo` gives the
-    entries that are not calibration data under the cut; one array per level when
-    ``data`` is a tuple of levels. ``None`` without the cut."""
-    if config.delta_from != "calibration":
-        return None
+class Frozen(NamedTuple):
+    """What :func:`negative_elbo` needs under the cut besides the parameters.
+
+    Attributes:
+        log_w: ``(nodes, entries, terms)`` log W_s of every entry at every quadrature
+            node under the frozen globals (used by the entries that are not calibration
+            data).
+        live: the calibration entries' (c, N) pairs, whose weights follow the current
+            globals (see :class:`cleverjax.bayes.data.LivePairs`).
+    """
+
+    log_w: Array
+    live: LivePairs
+
+
+def _frozen_log_w(frozen: dict, data, config: ModelConfig):
     levels, terms = _levels(data, config)
     z, _ = _quadrature(config, frozen["delta_fraction_loc"].dtype)
 
@@ -327,11 +337,27 @@ def frozen_weights(frozen: dict, data, config: ModelConfig):
         _, delta, star, _ = _globals_at(frozen, zi, config)
         return tuple(table_log_weights(d.table, delta, star, n) for d, n in zip(levels, terms))
 
-    out = jax.lax.map(at, z)
+    return jax.lax.map(at, z)
+
+
+_frozen_log_w_jit = jax.jit(_frozen_log_w, static_argnums=2)
+
+
+def freeze(frozen: dict, data, config: ModelConfig, live=None):
+    """The :class:`Frozen` argument of :func:`negative_elbo` for the globals ``frozen``
+    (:func:`global_params` of an earlier point); one per level when ``data`` is a tuple
+    of levels; ``None`` without the cut. ``live``: the levels' :class:`LivePairs`, when
+    already computed (they depend on the data only)."""
+    if config.delta_from != "calibration":
+        return None
+    levels, _ = _levels(data, config)
+    if live is None:
+        live = tuple(live_pairs(d.table, config.num_classes) for d in levels)
+    out = tuple(Frozen(w, lv) for w, lv in zip(_frozen_log_w_jit(frozen, data, config), live))
     return out[0] if isinstance(data, SPAData) else out
 
 
-def negative_elbo(params: dict, data, frozen_log_w, config: ModelConfig) -> Array:
+def negative_elbo(params: dict, data, frozen, config: ModelConfig) -> Array:
     """The loss of :class:`QuadratureELBO` on :func:`spa_model` and :func:`global_guide`
     (without annotators or subsampling), written out as one function of the constrained
     parameters, for the quasi-Newton optimiser.
@@ -342,13 +368,14 @@ def negative_elbo(params: dict, data, frozen_log_w, config: ModelConfig) -> Arra
     only for its own terms.
 
     With the cut (``delta_from="calibration"``), entries that are not calibration data
-    take their weights from ``frozen_log_w`` (:func:`frozen_weights` of the globals of an
-    earlier point) instead of the globals of ``params``: the loss is then a true function
-    of ``params`` whose gradient is the cut's, so that a line search can trust its values
+    take their weights from ``frozen`` (:func:`freeze` of the globals of an earlier
+    point) instead of the globals of ``params``: the loss is then a true function of
+    ``params`` whose gradient is the cut's, so that a line search can trust its values
     (with ``stop_gradient`` the values would follow one objective and the gradient
-    another). With the frozen globals equal to ``global_params(params)`` value and
-    gradient equal NumPyro's; the fit iterates them to that fixed point. Without the cut
-    ``frozen_log_w`` is unused (``None``).
+    another). Only the calibration entries' weights are computed at every evaluation. With
+    the frozen globals equal to ``global_params(params)`` value and gradient equal
+    NumPyro's; the fit iterates them to that fixed point. Without the cut ``frozen`` is
+    unused (``None``).
     """
     dtype = params["prior_concentration"].dtype
     prior = prior_from_params(params, config)
@@ -358,27 +385,33 @@ def negative_elbo(params: dict, data, frozen_log_w, config: ModelConfig) -> Arra
     cut = config.delta_from == "calibration"
     calibrated = [entry_calibrated(d.table, config.num_classes)[:, None] for d in levels]
     if not cut:
-        frozen = tuple(jnp.zeros((z.shape[0],), dtype) for _ in levels)  # placeholders
+        node_w = tuple(jnp.zeros((z.shape[0],), dtype) for _ in levels)  # placeholders
+        live = (None,) * len(levels)
     else:
-        frozen = (frozen_log_w,) if isinstance(data, SPAData) else tuple(frozen_log_w)
+        frozen = (frozen,) if isinstance(data, SPAData) else tuple(frozen)
+        node_w, live = tuple(f.log_w for f in frozen), tuple(f.live for f in frozen)
 
-    def at(zi, log_w_frozen):
+    def at(zi, frozen_w):
         values, delta, star, log_q = _globals_at(params, zi, config)
         log_joint = dist.Beta(*config.delta_prior).log_prob(values["delta_fraction"]) - log_q
         if "one_star" in values:
             log_joint = log_joint + dist.Beta(*config.one_star_prior).log_prob(star)
-        for d, n, r, cal, f in zip(levels, terms, rows, calibrated, log_w_frozen):
-            log_w = table_log_weights(d.table, delta, star, n)
-            if cut:
-                log_w = jnp.where(cal, log_w, f)
+        for d, n, r, cal, f, lv in zip(levels, terms, rows, calibrated, frozen_w, live):
+            if not cut:
+                log_w = table_log_weights(d.table, delta, star, n)
+            elif lv.c.shape[0] == 0:  # no calibration entry: all weights frozen
+                log_w = f
+            else:
+                now = log_weights_counts(lv.c, lv.n, delta, star, n)
+                log_w = jnp.where(cal, now[lv.entry_pair], f)
             t = t_part(d.table, prior, log_w)
             log_joint = log_joint + jnp.sum(d.weight * logsumexp(log_marginal(d, r, t), axis=-1))
         return log_joint
 
     if max(terms) <= 64:
-        values = jax.vmap(at)(z, frozen)
+        values = jax.vmap(at)(z, node_w)
     else:
-        values = jax.lax.map(lambda a: at(*a), (z, frozen))
+        values = jax.lax.map(lambda a: at(*a), (z, node_w))
     return -jnp.sum(w * values)
 
 
