@@ -12,6 +12,18 @@ SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py
 QUICK: set[str] = set()
 """Scripts cheap enough for the default run (none: each compiles in fresh processes, and
 the fitting ones take minutes); all run with ``pytest -m slow``."""
+EXPECTED_KEYS = {
+    "coverage.py": {
+        "cell": {
+            "dataset", "num_annotations", "delta", "calibration_images", "replicates",
+            "coverage", "coverage_ci95", "nominal_in_ci", "in_target_band", "beyond_3sd_rate",
+            "beyond_3sd_allowance", "beyond_3sd_p_value", "z_mean", "z_sd", "delta_rmse",
+            "fit_s_median",
+        },
+        "summary": {"cells", "cells_in_target_band", "worst_cell"},
+    },
+}  # fmt: skip
+"""Keys that a script's lines of a given case must carry, where a test relies on them."""
 
 
 @pytest.mark.parametrize(
@@ -27,6 +39,11 @@ def test_benchmark_runs_tiny(script):
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines and all("case" in line for line in lines)
     assert lines[-1]["case"] == "summary"
+    for case, keys in EXPECTED_KEYS.get(script.name, {}).items():
+        found = [line for line in lines if line["case"] == case]
+        assert found, f"no {case!r} line"
+        for line in found:
+            assert keys <= line.keys(), sorted(keys - line.keys())
 
 
 def test_peak_memory_is_in_bytes_on_every_platform(monkeypatch):
