@@ -113,9 +113,14 @@ def row_entries(data: SPAData) -> EntryTable:
     )
 
 
+def _calibration(n, m, group, num_classes: int):
+    """Biased annotations plus unbiased ones or a probe (NumPy or JAX arrays alike)."""
+    return (n > 0) & ((m > 0) | (group == num_classes))
+
+
 def entry_calibrated(table: EntryTable, num_classes: int) -> Bool[Array, " entries"]:
     """Entries that identify delta: biased annotations plus unbiased ones or a probe."""
-    return (table.n > 0) & ((table.m > 0) | (table.group == num_classes))
+    return _calibration(table.n, table.m, table.group, num_classes)
 
 
 class LivePairs(NamedTuple):
@@ -137,11 +142,11 @@ class LivePairs(NamedTuple):
 
 def live_pairs(table: EntryTable, num_classes: int) -> LivePairs:
     """The :class:`LivePairs` of ``table`` (computed on the host)."""
-    n, m, group = (np.asarray(x) for x in (table.n, table.m, table.group))
-    cal = (n > 0) & ((m > 0) | (group == num_classes))
-    pair_c, pair_n = np.asarray(table.pair_c), np.asarray(table.pair_n)
-    used, inverse = np.unique(np.asarray(table.pair)[cal], return_inverse=True)
-    entry_pair = np.zeros(len(n), np.int32)
+    table = EntryTable(*(np.asarray(x) for x in table))
+    cal = _calibration(table.n, table.m, table.group, num_classes)
+    pair_c, pair_n = table.pair_c, table.pair_n
+    used, inverse = np.unique(table.pair[cal], return_inverse=True)
+    entry_pair = np.zeros(table.num_entries, np.int32)
     entry_pair[cal] = inverse.reshape(-1)
     size = bucket(len(used)) if len(used) else 0
     c, n_ = (_pad_rows(x[used], size) if size else x[:0] for x in (pair_c, pair_n))

@@ -315,10 +315,10 @@ def _lbfgs_fit(data, config: ModelConfig, init: Prior, progress: bool, common: d
     where = jax.tree.leaves(data)[0].sharding
     cut = config.delta_from == "calibration"
     loose = cut and EARLY_ROUND_LOOSENESS > 1
-    levels = (data,) if isinstance(data, SPAData) else data
-    live = jax.device_put(
-        tuple(live_pairs(d.table, config.num_classes) for d in levels), where
-    )  # the calibration entries' pairs: computed once
+    live = None
+    if cut:  # the calibration entries' pairs: computed once
+        levels = (data,) if isinstance(data, SPAData) else data
+        live = jax.device_put(tuple(live_pairs(d.table, config.num_classes) for d in levels), where)
     for _ in range(MAX_CUT_ROUNDS if cut else 1):
         frozen = jax.device_put(global_params(params, config), where)
         args = (data, freeze(frozen, data, config, live))

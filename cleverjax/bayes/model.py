@@ -200,17 +200,12 @@ class QuadratureELBO(ELBO):
 
     def __init__(self, num_nodes: int = 6):
         super().__init__(num_particles=1)
-        nodes, weights = np.polynomial.hermite_e.hermegauss(num_nodes)
-        self.nodes = nodes
-        self.weights = weights / weights.sum()
+        self.num_nodes = num_nodes
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
         config = kwargs["config"]
         sites = [name for name, _ in _global_sites(config)]
-        grids = np.meshgrid(*([self.nodes] * len(sites)), indexing="ij")
-        wgrid = np.meshgrid(*([self.weights] * len(sites)), indexing="ij")
-        z = jnp.asarray(np.stack([g.ravel() for g in grids], axis=1))
-        w = jnp.asarray(np.prod(np.stack([g.ravel() for g in wgrid], axis=1), axis=1))
+        nodes, w = _quadrature(config, jnp.result_type(float), self.num_nodes)
         seeded_model = numpyro.handlers.seed(model, rng_key)
 
         def elbo_at(zi):
@@ -223,7 +218,6 @@ class QuadratureELBO(ELBO):
             log_q, _ = log_density(guide, args, kwargs, sub)
             return log_p - log_q
 
-        nodes = z.astype(jnp.result_type(float))
         # Batched, the delta-free part of the likelihood is computed once for all nodes;
         # with many polynomial terms the per-node part dominates memory, so go node by node.
         if config.num_terms <= 64:
@@ -277,10 +271,11 @@ def global_params(params: dict, config: ModelConfig) -> dict:
     }
 
 
-def _quadrature(config: ModelConfig, dtype) -> tuple[Array, Array]:
-    """Gauss-Hermite nodes ``(nodes, sites)`` and weights of :class:`QuadratureELBO`."""
+def _quadrature(config: ModelConfig, dtype, num_nodes: int = 6) -> tuple[Array, Array]:
+    """Gauss-Hermite product rule over the global sites: nodes ``(nodes, sites)`` and
+    weights (summing to one) of :class:`QuadratureELBO` and :func:`negative_elbo`."""
     sites = len(_global_sites(config))
-    nodes, weights = np.polynomial.hermite_e.hermegauss(6)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(num_nodes)
     weights = weights / weights.sum()
     grid = np.stack([g.ravel() for g in np.meshgrid(*([nodes] * sites), indexing="ij")], 1)
     wgrid = np.meshgrid(*([weights] * sites), indexing="ij")
