@@ -340,10 +340,25 @@ def row_part(data: SPAData, prior: Prior) -> RowPart:
     return RowPart(log_r + const[:, None] + jnp.log(prior.weights[g]), a_rest)
 
 
-def t_part(table: EntryTable, prior: Prior, log_w: Array) -> TPart:
-    """Per entry and component: log of the integral over t, and its Beta terms."""
-    dtype = log_w.dtype
-    num_terms = log_w.shape[1]
+class TBasis(NamedTuple):
+    """The delta-free half of :func:`t_part`, per entry and component.
+
+    Attributes:
+        log_beta: ``(entries, dirichlet comps, terms)`` log of the Beta-function ratio of
+            each polynomial term (``-inf`` for ``s > N``).
+        a_t: ``(entries, comps)`` Beta prior of t.
+        b_t: ``(entries, comps)``.
+    """
+
+    log_beta: Float[Array, "entries dcomps terms"]
+    a_t: Float[Array, "entries comps"]
+    b_t: Float[Array, "entries comps"]
+
+
+def t_basis(table: EntryTable, prior: Prior, num_terms: int) -> TBasis:
+    """What :func:`t_part` needs from the prior: the Beta-function ratios do not depend
+    on delta, so a caller that integrates over delta computes them once for every node."""
+    dtype = prior.concentration.dtype
     kinds = np.asarray(prior.kind)
     dirichlet = np.flatnonzero(kinds == 0)
     conc = prior.concentration[table.group]  # (E, comps)
@@ -359,9 +374,19 @@ def t_part(table: EntryTable, prior: Prior, log_w: Array) -> TPart:
     valid = s <= n
     left = a_d[..., None] + u + s
     right = jnp.where(valid, b_d[..., None] + m - u + n - s, 1.0)
-    log_mix_d = jnp.where(
-        valid, log_w[:, None, :] + _betaln(left, right) - _betaln(a_d, b_d)[..., None], -jnp.inf
-    )
+    log_beta = jnp.where(valid, _betaln(left, right) - _betaln(a_d, b_d)[..., None], -jnp.inf)
+    return TBasis(log_beta, a_t, b_t)
+
+
+def t_part_given(table: EntryTable, prior: Prior, basis: TBasis, log_w: Array) -> TPart:
+    """:func:`t_part` from its delta-free half ``basis`` (:func:`t_basis`)."""
+    dtype = log_w.dtype
+    kinds = np.asarray(prior.kind)
+    n = table.n.astype(dtype)[:, None, None]
+    m = table.m.astype(dtype)[:, None, None]
+    u = table.u.astype(dtype)[:, None, None]
+    s = jnp.arange(log_w.shape[1], dtype=dtype)[None, None, :]
+    log_mix_d = log_w[:, None, :] + basis.log_beta
     # Spikes: t = 0 keeps only the s = 0 term (and needs no unbiased vote for rho);
     # t = 1 keeps only s = N (and needs every unbiased vote on rho).
     spikes = []
@@ -369,7 +394,12 @@ def t_part(table: EntryTable, prior: Prior, log_w: Array) -> TPart:
         keep = (s == 0) & (u == 0) if kind == 1 else (s == n) & (u == m)
         spikes.append(jnp.where(keep, log_w[:, None, :], -jnp.inf))
     log_mix = jnp.concatenate([log_mix_d, *spikes], axis=1)
-    return TPart(_masked_logsumexp(log_mix, jnp.isfinite(log_mix)), log_mix, a_t, b_t)
+    return TPart(_masked_logsumexp(log_mix, jnp.isfinite(log_mix)), log_mix, basis.a_t, basis.b_t)
+
+
+def t_part(table: EntryTable, prior: Prior, log_w: Array) -> TPart:
+    """Per entry and component: log of the integral over t, and its Beta terms."""
+    return t_part_given(table, prior, t_basis(table, prior, log_w.shape[1]), log_w)
 
 
 def log_marginal(data: SPAData, rows: RowPart, t: TPart) -> Float[Array, "rows comps"]:

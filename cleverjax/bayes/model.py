@@ -29,7 +29,9 @@ from .likelihood import (
     log_weights_annotators,
     log_weights_counts,
     row_part,
+    t_basis,
     t_part,
+    t_part_given,
     table_log_weights,
 )
 
@@ -376,7 +378,9 @@ def negative_elbo(params: dict, data, frozen, config: ModelConfig) -> Array:
     prior = prior_from_params(params, config)
     levels, terms = _levels(data, config)
     z, w = _quadrature(config, dtype)
-    rows = [row_part(d, prior) for d in levels]  # delta-free: once for every node
+    # The delta-free parts, once for every node.
+    rows = [row_part(d, prior) for d in levels]
+    bases = [t_basis(d.table, prior, n) for d, n in zip(levels, terms)]
     cut = config.delta_from == "calibration"
     calibrated = [entry_calibrated(d.table, config.num_classes)[:, None] for d in levels]
     if not cut:
@@ -391,7 +395,7 @@ def negative_elbo(params: dict, data, frozen, config: ModelConfig) -> Array:
         log_joint = dist.Beta(*config.delta_prior).log_prob(values["delta_fraction"]) - log_q
         if "one_star" in values:
             log_joint = log_joint + dist.Beta(*config.one_star_prior).log_prob(star)
-        for d, n, r, cal, f, lv in zip(levels, terms, rows, calibrated, frozen_w, live):
+        for d, n, r, b, cal, f, lv in zip(levels, terms, rows, bases, calibrated, frozen_w, live):
             if not cut:
                 log_w = table_log_weights(d.table, delta, star, n)
             elif lv.c.shape[0] == 0:  # no calibration entry: all weights frozen
@@ -399,7 +403,7 @@ def negative_elbo(params: dict, data, frozen, config: ModelConfig) -> Array:
             else:
                 now = log_weights_counts(lv.c, lv.n, delta, star, n)
                 log_w = jnp.where(cal, now[lv.entry_pair], f)
-            t = t_part(d.table, prior, log_w)
+            t = t_part_given(d.table, prior, b, log_w)
             log_joint = log_joint + jnp.sum(d.weight * logsumexp(log_marginal(d, r, t), axis=-1))
         return log_joint
 

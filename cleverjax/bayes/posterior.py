@@ -32,7 +32,8 @@ from .likelihood import (
     posterior_mean_given,
     responsibilities,
     row_part,
-    t_part,
+    t_basis,
+    t_part_given,
     table_log_weights,
 )
 
@@ -257,10 +258,11 @@ def summaries(
     def block_fn(block: SPAData, ids, rep):
         log_ws, base, prior = rep
         rows = row_part(block, prior)
+        basis = t_basis(block.table, prior, num_terms)  # delta-free: once for every draw
 
         def per_draw(args):
             log_w, k, delta, star = args
-            t = t_part(block.table, prior, log_w)
+            t = t_part_given(block.table, prior, basis, log_w)
             resp = responsibilities(block, rows, t)
             first, second = entry_moments_t(block.table, prior, t)
             mean = posterior_mean_given(block, rows, t, first, resp)
