@@ -384,6 +384,9 @@ def _fit(args: argparse.Namespace) -> int:
     if not shown.any():
         raise InputError(f"{args.table}: no annotation was made with a proposal; nothing to fit")
     key = jax.random.key(args.seed)
+    if args.per_annotator and args.rejection != "proportional":
+        raise InputError("--per-annotator supports only --rejection proportional (SPA's kernel)")
+    comparison = None
     if args.per_annotator:
         res = cj.fit_annotators(
             key,
@@ -395,17 +398,22 @@ def _fit(args: argparse.Namespace) -> int:
     else:
         # Every task in a table has an annotation; tasks never shown a proposal are
         # fitted under the population prior (the probe row).
-        res = cj.fit(
-            key,
-            counts.biased,
-            np.where(shown, counts.proposals, 0),
+        inputs = (key, counts.biased, np.where(shown, counts.proposals, 0))
+        options = dict(
             unbiased_counts=counts.unbiased,
             probe=~shown,
             one_star=args.one_star,
             delta_from=args.delta_from,
             progress=_interactive(),
         )
+        if args.rejection == "auto":
+            comparison = cj.compare_rejection(*inputs, **options)
+            res = comparison.fits[comparison.best]
+        else:
+            res = cj.fit(*inputs, rejection=args.rejection, **options)
     labels, summary = res.posterior_mean, res.to_dict()
+    if comparison is not None:
+        summary["rejection_comparison"] = comparison.to_dict()
     summary.update(tasks=len(counts.tasks), classes=list(counts.classes))
     _write_labels(args.out, labels, counts.tasks, counts.classes)
     if args.summary and _writes_files():
@@ -415,6 +423,14 @@ def _fit(args: argparse.Namespace) -> int:
         f"delta = {summary['delta']:.4f} ({100 * res.level:.0f}% interval {lo:.4f} to "
         f"{hi:.4f}); {len(counts.tasks)} tasks in {res.seconds:.1f} s -> {_target(args.out)}"
     )
+    if comparison is not None:
+        scores = ", ".join(
+            f"{c} {e:.1f}" for c, e in sorted(comparison.elpd.items(), key=lambda x: -x[1])
+        )
+        _note(
+            f"rejection kernel: {comparison.best} (held-out log predictive density of "
+            f"{comparison.images} calibration images: {scores})"
+        )
     for check in res.checks:
         verdict = "skipped" if check.p_value != check.p_value else (
             "passed" if check.passed else "FAILED"
@@ -664,6 +680,14 @@ def _add_fit(sub) -> None:
         choices=["calibration", "all"],
         dest="delta_from",
         help="which images inform delta (see cleverjax.fit)",
+    )
+    fit.add_argument(
+        "--rejection",
+        default="proportional",
+        choices=["proportional", "uniform", "mixed", "auto"],
+        help="which class a rejected proposal's annotation picks: in proportion to p (SPA), "
+        "uniformly, a learned mixture, or auto: the kernel that best predicts held-out "
+        "calibration images (cleverjax.compare_rejection; 18 fits)",
     )
     fit.add_argument(
         "--per-annotator",

@@ -42,6 +42,9 @@ OnCertain = Literal["uniform", "lowest"]
 (default), or ``"lowest"``, the lowest-index other class (the reference implementation)."""
 
 _ON_CERTAIN = ("uniform", "lowest")
+_ALWAYS_UNIFORM = "always-uniform"
+"""Internal rejection rule of ``rejection="uniform"``: uniform over the other classes
+for every image, whatever ``p`` is."""
 _STREAM_ANNOTATIONS = 0
 _STREAM_ACCEPT = 1
 _STREAM_REJECT = 2
@@ -131,6 +134,8 @@ def _other_distribution(
     is_rho = jnp.arange(num_classes, dtype=jnp.int32) == rho
     others = jnp.where(is_rho, 0, p)
     mass = jnp.sum(others)
+    if on_certain == _ALWAYS_UNIFORM:
+        return jnp.where(is_rho, 0, 1).astype(p.dtype) / (num_classes - 1)
     if on_certain == "uniform":
         fallback = jnp.where(is_rho, 0, 1).astype(p.dtype) / (num_classes - 1)
     else:
@@ -597,6 +602,7 @@ def simulate_counts(
     delta: ArrayIn | Annotators,
     one_star: ArrayIn = 0.99,
     on_certain: OnCertain = "uniform",
+    rejection: Literal["proportional", "uniform"] = "proportional",
     method: Literal["multinomial", "annotations"] = "multinomial",
     block_size: int | None = None,
     devices: Sequence[jax.Device] | None = None,
@@ -618,6 +624,10 @@ def simulate_counts(
         delta: keyword-only; a scalar, one per image, or an :class:`Annotators` pool.
         one_star: keyword-only; 1*, the upper bound of acceptance.
         on_certain: keyword-only; the rejection rule when ``p[rho] = 1``.
+        rejection: keyword-only; ``"proportional"`` (SPA): a rejection picks class
+            ``k != rho`` with probability ``p[k] / (1 - p[rho])``; ``"uniform"``: with
+            probability ``1 / (K - 1)`` (annotators who do not follow SPA, for studies of
+            misspecification; ``on_certain`` is then moot).
         method: keyword-only; ``"multinomial"`` or ``"annotations"``.
         block_size: keyword-only; images per chunk (default: sized to the cache).
         devices: keyword-only; devices to shard the image axis over (default: all
@@ -645,6 +655,8 @@ def simulate_counts(
     n = x.p.shape[0]
     num = _validate_num_annotations(num_annotations, n)
     _checks.check_choice("method", method, ("multinomial", "annotations"))
+    _checks.check_choice("rejection", rejection, ("proportional", "uniform"))
+    rule = _ALWAYS_UNIFORM if rejection == "uniform" else on_certain
     _check_float_capacity(num, x.p.dtype)
     if n == 0:
         return jnp.zeros(x.p.shape, jnp.int32)
@@ -661,7 +673,7 @@ def simulate_counts(
         *_for_devices(devs, kd, x.p, x.proposals, x.delta, num, x.one_star),
         pooled=x.pooled,
         num_pool=pooled_size,
-        on_certain=on_certain,
+        on_certain=rule,
         block=block,
         devices=devs,
     )

@@ -246,11 +246,39 @@ def test_fit_passes_the_table_to_the_model_and_writes_its_results(simulated, mon
     assert main([*argv, "--delta-from", "all"]) == 0
     assert seen["biased"].sum() == 400 * 8 and seen["unbiased"].sum() == 80 * 10
     assert seen["delta_from"] == "all" and seen["one_star"] == 0.99
+    assert seen["rejection"] == "proportional"
     assert len(pd.read_csv(out)) == 400
     info = json.loads(summary.read_text())
     assert info["delta_interval"] == [0.25, 0.35] and info["steps"] == 7
     assert info["checks"][0]["name"] == "rejected_classes" and info["checks"][0]["passed"]
     assert "model check rejected_classes: passed (p = 0.5)" in capsys.readouterr().err
+    assert main([*argv, "--rejection", "uniform"]) == 0
+    assert seen["rejection"] == "uniform"
+
+    # --rejection auto: the comparison's best fit is written, with the scores.
+    def fake_compare(key, biased, proposals, **kwargs):
+        seen["compared"] = kwargs
+        best = fake_fit(key, biased, proposals, **kwargs)
+        return cj.RejectionComparison(
+            best="mixed",
+            elpd={"proportional": -120.0, "mixed": -100.0},
+            se={"proportional": 5.0, "mixed": 5.0},
+            diff_se={"proportional": 3.0, "mixed": 0.0},
+            pointwise={},
+            images=80,
+            folds=5,
+            fits={"proportional": best, "mixed": best},
+        )
+
+    monkeypatch.setattr(cj, "compare_rejection", fake_compare)
+    assert main([*argv, "--rejection", "auto"]) == 0
+    assert "rejection" not in seen["compared"]
+    info = json.loads(summary.read_text())
+    assert info["rejection_comparison"]["best"] == "mixed"
+    assert "rejection kernel: mixed" in capsys.readouterr().err
+    code = main([*argv, "--per-annotator", "--rejection", "uniform"])
+    assert code == 2
+    assert "--per-annotator supports only --rejection proportional" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -37,32 +37,38 @@ def _multinomial_pmf(x, probs):
     return np.exp(gammaln(x.sum() + 1) - gammaln(x + 1).sum() + xlogy(x, probs).sum())
 
 
-def _likelihood(p):
+def _likelihood(p, uniform=False):
     t = p[RHO]
     a = DELTA + (OMEGA - DELTA) * t
-    rest = np.where(np.arange(3) == RHO, 0.0, p) / (1 - t)
+    if uniform:  # a rejection picks one of the other two classes with probability 1/2
+        rest = np.where(np.arange(3) == RHO, 0.0, 0.5)
+    else:
+        rest = np.where(np.arange(3) == RHO, 0.0, p) / (1 - t)
     p_b = (1 - a) * rest
     p_b[RHO] = a
     return _multinomial_pmf(COUNTS, p_b) * _multinomial_pmf(UNBIASED, p)
 
 
-def _brute_force(weight_fn):
+def _brute_force(weight_fn, uniform=False):
     def integrand(y, x):
         p = np.array([x, y, 1 - x - y])
         if p.min() <= 0:
             return 0.0
-        return weight_fn(p) * _likelihood(p) * stats.dirichlet.pdf(p, ALPHA)
+        return weight_fn(p) * _likelihood(p, uniform) * stats.dirichlet.pdf(p, ALPHA)
 
     return integrate.dblquad(integrand, 0, 1, 0, lambda x: 1 - x, epsabs=1e-14)[0]
 
 
-def _one_row(kind):
+def _one_row(kind, uniform=()):
     data, _ = bdata.compress(np.array([RHO]), COUNTS[None], UNBIASED[None], np.array([False]))
+    comps = max(len(uniform), 1)
+    weights = np.full((4, comps), 1.0 / comps) if len(uniform) < 2 else np.tile([0.3, 0.7], (4, 1))
     prior = cj.Prior(
-        jnp.tile(jnp.asarray(ALPHA / ALPHA.sum())[None, None], (4, 1, 1)),
-        jnp.full((4, 1), ALPHA.sum()),
-        jnp.ones((4, 1)),
-        (kind,),
+        jnp.tile(jnp.asarray(ALPHA / ALPHA.sum())[None, None], (4, comps, 1)),
+        jnp.full((4, comps), ALPHA.sum()),
+        jnp.asarray(weights),
+        (kind,) * comps,
+        tuple(uniform),
     )
     log_w = likelihood.log_weights_counts(
         data.table.c, data.table.n, jnp.asarray(DELTA), jnp.asarray(OMEGA), 9
@@ -78,6 +84,122 @@ def test_collapsed_likelihood_and_posterior_mean_are_exact():
     )
     mean = [_brute_force(lambda p, k=k: p[k]) / evidence for k in range(3)]
     np.testing.assert_allclose(likelihood.posterior_moments(data, prior, log_w)[0], mean, rtol=1e-4)
+
+
+def test_uniform_rejection_likelihood_and_posterior_mean_are_exact():
+    data, prior, log_w = _one_row(0, uniform=(True,))
+    evidence = _brute_force(lambda p: 1.0, uniform=True)
+    got = float(likelihood.log_likelihood(data, prior, log_w)[0])
+    np.testing.assert_allclose(got, np.log(evidence), rtol=1e-5)
+    mean = [_brute_force(lambda p, k=k: p[k], uniform=True) / evidence for k in range(3)]
+    np.testing.assert_allclose(likelihood.posterior_moments(data, prior, log_w)[0], mean, rtol=1e-4)
+    # Negative control: SPA's kernel gives another evidence for the same row.
+    spa = float(likelihood.log_likelihood(*_one_row(0))[0])
+    assert abs(spa - got) > 0.1
+
+
+def test_mixed_rejection_is_the_mixture_of_the_two_kernels():
+    data, prior, log_w = _one_row(0, uniform=(False, True))
+    want = 0.3 * _brute_force(lambda p: 1.0) + 0.7 * _brute_force(lambda p: 1.0, uniform=True)
+    got = float(likelihood.log_likelihood(data, prior, log_w)[0])
+    np.testing.assert_allclose(got, np.log(want), rtol=1e-5)
+    swapped = cj.Prior(prior.mean, prior.concentration, prior.weights, prior.kind, (True, False))
+    assert abs(float(likelihood.log_likelihood(data, swapped, log_w)[0]) - got) > 0.01
+
+
+def test_calibration_predictive_density_is_exact():
+    from cleverjax.bayes import compare
+
+    data, prior, _ = _one_row(0)
+    both = _brute_force(lambda p: 1.0)
+
+    def unbiased_only(y, x):
+        p = np.array([x, y, 1 - x - y])
+        return (
+            0.0 if p.min() <= 0 else _multinomial_pmf(UNBIASED, p) * stats.dirichlet.pdf(p, ALPHA)
+        )
+
+    alone = integrate.dblquad(unbiased_only, 0, 1, 0, lambda x: 1 - x, epsabs=1e-14)[0]
+    got = compare.calibration_log_lik(
+        prior, np.array([DELTA]), np.array([OMEGA]), COUNTS[None], np.array([RHO]), UNBIASED[None]
+    )
+    assert got.shape == (1, 1)
+    np.testing.assert_allclose(got[0, 0], np.log(both) - np.log(alone), rtol=1e-5)
+
+
+def test_mixed_kernel_parameters_round_trip():
+    """With ``rejection="mixed"`` the two kernels share their components: the parameters
+    hold one set of components and a uniform share per prior row."""
+    rng = np.random.default_rng(0)
+    counts = rng.multinomial(10, [0.5, 0.3, 0.2], size=40)
+    prep = bdata.prepare(counts, np.zeros(40, np.int32), None, None)
+    config = model.ModelConfig(num_classes=3, num_components=2, num_terms=11, rejection="mixed")
+    init = fitting.initial_prior(prep, config)
+    assert init.uniform_rejection == (False,) * 4 + (True,) * 4
+    params = model.initial_params(config, init)
+    assert params["prior_weight_logits"].shape == (4, 4)
+    np.testing.assert_allclose(params["prior_uniform_logit"], 0.0, atol=1e-6)  # half each
+    back = model.prior_from_params(params, config)
+    for got, want in ((back.mean, init.mean), (back.weights, init.weights)):
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    params["prior_uniform_logit"] = np.full(4, np.log(3.0), np.float32)  # a share of 3/4
+    shifted = model.prior_from_params(params, config)
+    np.testing.assert_allclose(np.sum(shifted.weights[:, 4:], axis=1), 0.75, rtol=1e-5)
+    np.testing.assert_allclose(shifted.mean[:, 4:], shifted.mean[:, :4])
+
+
+def test_compare_rejection_refuses_bad_options():
+    rng = np.random.default_rng(0)
+    biased = rng.multinomial(10, [0.6, 0.3, 0.1], size=60)
+    rho = np.zeros(60, np.int32)
+    unbiased = np.zeros_like(biased)
+    unbiased[:30] = rng.multinomial(5, [0.6, 0.3, 0.1], size=30)
+    args = (jax.random.key(0), biased, rho)
+    with pytest.raises(ValueError, match="`candidates` must be one of"):
+        cj.compare_rejection(*args, unbiased_counts=unbiased, candidates=("uniform", "magic"))
+    with pytest.raises(ValueError, match="distinct kernels"):
+        cj.compare_rejection(*args, unbiased_counts=unbiased, candidates=("uniform", "uniform"))
+    with pytest.raises(ValueError, match="`folds` must be an int >= 2"):
+        cj.compare_rejection(*args, unbiased_counts=unbiased, folds=1)
+    with pytest.raises(ValueError, match="as `candidates`, not `rejection`"):
+        cj.compare_rejection(*args, unbiased_counts=unbiased, rejection="uniform")
+    few = np.zeros_like(unbiased)
+    few[:5] = unbiased[:5]
+    with pytest.raises(
+        ValueError, match="at least 10 images with both biased and unbiased annotations; got 5"
+    ):
+        cj.compare_rejection(*args, unbiased_counts=few)
+
+
+@pytest.mark.slow
+def test_compare_rejection_picks_the_kernel_that_made_the_data():
+    """Cross-validation on the calibration images tells the rejection kernels apart; the
+    control is the same comparison on SPA data, where the proportional kernel must win."""
+    rng = np.random.default_rng(3)
+    p = jnp.asarray(rng.dirichlet(np.full(10, 0.2), size=1000).astype(np.float32))
+    k_prop, k_cal, k_fit = jax.random.split(jax.random.key(3), 3)
+    rho = cj.propose(k_prop, p, accuracy=0.85)
+    cal = cj.calibration_sample(k_cal, p, num_images=100, num_annotations=10)
+    chosen = {}
+    for kernel in ("uniform", "proportional"):
+        biased = cj.simulate_counts(
+            jax.random.key(4), p, rho, num_annotations=10, delta=0.3, rejection=kernel
+        )
+        unbiased = jnp.zeros_like(biased).at[cal.indices].set(cal.counts)
+        cmp = cj.compare_rejection(
+            k_fit,
+            biased,
+            rho,
+            unbiased_counts=unbiased,
+            candidates=("proportional", "uniform"),
+            folds=2,
+            num_ppc_replicates=0,
+        )
+        other = "proportional" if kernel == "uniform" else "uniform"
+        # A clear preference: more than three standard errors of the difference.
+        assert cmp.elpd[kernel] - cmp.elpd[other] > 3 * cmp.diff_se[other], cmp.to_dict()
+        chosen[kernel] = cmp.best
+    assert chosen == {"uniform": "uniform", "proportional": "proportional"}
 
 
 def test_spike_components_are_exact():

@@ -159,6 +159,37 @@ def test_counts_match_closed_form(method):
     assert min(bad) < ALPHA / cells, bad
 
 
+@pytest.mark.parametrize("method", ["multinomial", "annotations"])
+def test_uniform_rejection_counts_match_closed_form(method):
+    """With ``rejection="uniform"`` a rejection picks each other class with probability
+    1 / (K - 1); acceptance is unchanged."""
+    p, rho = tiled()
+    counts = np.asarray(
+        cj.simulate_counts(
+            jax.random.key(21),
+            p,
+            rho,
+            num_annotations=N,
+            delta=DELTA,
+            one_star=ONE_STAR,
+            method=method,
+            rejection="uniform",
+        )
+    )
+    a = DELTA + (ONE_STAR - DELTA) * ROWS[np.arange(4), PROPOSALS]
+    expected = np.where(np.arange(4) == PROPOSALS[:, None], a[:, None], (1 - a[:, None]) / 3)
+    spa = reference_biased(ROWS, PROPOSALS, DELTA, ONE_STAR)
+    good, bad = [], []
+    for t in range(len(ROWS)):
+        totals = counts[t * REPEATS : (t + 1) * REPEATS].sum(axis=0)
+        good.append(chisquare_pvalue(totals, expected[t]))
+        bad.append(chisquare_pvalue(totals, spa[t]))
+    assert min(good) > ALPHA / len(ROWS), good
+    # Negative control: SPA's proportional rejections (rows 0 and 1 differ from uniform).
+    assert max(bad[:2]) < ALPHA / len(ROWS), bad
+
+
+
 def test_accepted_share_matches_acceptance_probability():
     p, rho = tiled()
     batch = cj.simulate_annotations(
@@ -558,6 +589,8 @@ def test_bad_options(no_typecheck):
         cj.simulate_counts(jax.random.key(0), p, rho, method="magic", **args)
     with pytest.raises(ValueError, match="`on_certain` must be one of"):
         cj.simulate_counts(jax.random.key(0), p, rho, on_certain="first", **args)
+    with pytest.raises(ValueError, match="`rejection` must be one of"):
+        cj.simulate_counts(jax.random.key(0), p, rho, rejection="random", **args)
     with pytest.raises(ValueError, match="single PRNG key.*jax.vmap"):
         cj.simulate_counts(jax.random.split(jax.random.key(0), 2), p, rho, **args)
     with pytest.raises(TypeError, match="`key` must be a PRNG key"):

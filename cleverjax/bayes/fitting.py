@@ -45,12 +45,14 @@ from .data import (
     split_levels,
     subsample,
 )
-from .likelihood import Prior
+from .likelihood import Prior, uniform_components
 from .model import (
+    REJECTION_KERNELS,
     ModelConfig,
     QuadratureELBO,
     _global_sites,
     component_kinds,
+    component_rejection,
     freeze,
     global_guide,
     global_params,
@@ -114,6 +116,12 @@ class FitResult(NamedTuple):
         seconds: wall time, compilation included.
         step_seconds: wall time of one optimiser step, compilation excluded.
         stage_seconds: wall time of each stage (see :class:`StageSeconds`).
+        one_star_samples: ``(draws,)`` posterior draws of 1*, paired with
+            ``delta_samples`` (all equal when 1* is fixed).
+        rejection: the rejection kernel of the model (see :func:`fit`).
+        uniform_share: with ``rejection="mixed"``, the prior's share of images whose
+            rejections choose uniformly (averaged over the images' proposed classes);
+            1 with ``"uniform"``, 0 with ``"proportional"``.
     """
 
     delta: float
@@ -136,6 +144,9 @@ class FitResult(NamedTuple):
     seconds: float
     step_seconds: float
     stage_seconds: StageSeconds
+    one_star_samples: Float[Array, " draws"] | None = None
+    rejection: str = "proportional"
+    uniform_share: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The scalar results as plain Python values (JSON-ready): delta, 1*, their
@@ -150,6 +161,8 @@ class FitResult(NamedTuple):
             "converged": self.converged,
             "identified": self.identified,
             "method": self.method,
+            "rejection": self.rejection,
+            "uniform_share": self.uniform_share,
             "steps": int(self.losses.shape[0]),
             "seconds": self.seconds,
             "step_seconds": self.step_seconds,
@@ -227,7 +240,8 @@ def _warn_identification(images: int, annotations: int) -> None:
 
 def initial_prior(prep: Prepared, config: ModelConfig) -> Prior:
     """Data-driven start: each row's mean label, smoothed; Dirichlet components spread in
-    sharpness; spikes at the share of rows that look certain."""
+    sharpness; spikes at the share of rows that look certain. With both rejection kernels
+    (``rejection="mixed"``) each kernel starts with the same components at half weight."""
     k = prep.counts.shape[1]
     total = prep.counts + prep.unbiased + 0.5
     soft = total / total.sum(1, keepdims=True)
@@ -236,7 +250,7 @@ def initial_prior(prep: Prepared, config: ModelConfig) -> Prior:
     np.add.at(sums, groups, soft)
     sizes = np.bincount(groups, minlength=k + 1)[:, None]
     means = np.where(sizes > 0, sums / np.maximum(sizes, 1), soft.mean(axis=0))
-    kinds = np.asarray(component_kinds(config))
+    kinds = np.asarray(component_kinds(config._replace(rejection="proportional")))
     c = len(kinds)
     dtype = jnp.result_type(float)
     mean = np.repeat(means[:, None, :], c, axis=1)
@@ -245,11 +259,13 @@ def initial_prior(prep: Prepared, config: ModelConfig) -> Prior:
     conc[dirichlet] = np.geomspace(1.0, 20.0, dirichlet.sum()) if dirichlet.sum() > 1 else 3.0
     weights = np.where(dirichlet, 0.6 / dirichlet.sum(), 0.2)
     weights = weights / weights.sum()
+    copies = len(component_kinds(config)) // c
     return Prior(
-        jnp.asarray(mean, dtype),
-        jnp.asarray(np.tile(conc, (k + 1, 1)), dtype),
-        jnp.asarray(np.tile(weights, (k + 1, 1)), dtype),
+        jnp.asarray(np.tile(mean, (1, copies, 1)), dtype),
+        jnp.asarray(np.tile(conc, (k + 1, copies)), dtype),
+        jnp.asarray(np.tile(weights / copies, (k + 1, copies)), dtype),
         component_kinds(config),
+        component_rejection(config),
     )
 
 
@@ -444,6 +460,7 @@ def fit(
     num_components: int = 2,
     spikes: bool = True,
     delta_from: Literal["calibration", "all"] = "calibration",
+    rejection: Literal["proportional", "uniform", "mixed"] = "proportional",
     method: Literal["svi", "nuts"] = "svi",
     optimizer: optax.GradientTransformation | None = None,
     max_steps: int | None = None,
@@ -487,6 +504,12 @@ def fit(
             posterior that no misspecification of the prior on the other images can make
             confidently wrong. ``"all"``: every image, through the learned prior
             (sharper; as right as the prior family).
+        rejection: keyword-only; which class a rejected proposal's annotation picks:
+            ``"proportional"`` to ``p`` among the other classes (SPA, default),
+            ``"uniform"`` among them, or ``"mixed"``: a per-image mixture of the two whose
+            share is learned with the prior. Every variant is exact.
+            :func:`cleverjax.compare_rejection` chooses between them by the calibration
+            images' leave-one-out predictive likelihood.
         method: keyword-only; ``"svi"``, or ``"nuts"`` (the prior from the optimiser, then
             NUTS on the globals; with the cut, NUTS samples the cut posterior itself).
         optimizer: keyword-only; ``None`` (default): full-batch L-BFGS on the
@@ -557,6 +580,7 @@ def fit(
     a, b = _check_beta_prior("delta_prior", delta_prior)
     _checks.check_choice("method", method, ("svi", "nuts"))
     _checks.check_choice("delta_from", delta_from, ("calibration", "all"))
+    _checks.check_choice("rejection", rejection, REJECTION_KERNELS)
     if one_star is not None and not 0 < one_star <= 1:
         raise ValueError(f"`one_star` must lie in (0, 1] or be None (learned); got {one_star}")
     if not 0 < level < 1:
@@ -595,6 +619,7 @@ def fit(
         subsample_size=subsample_size,
         delta_from=delta_from,
         spikes=bool(spikes),
+        rejection=rejection,
     )
     identified, cal_images, cal_annotations = _identification(prep)
     if not identified:
@@ -691,4 +716,17 @@ def fit(
         seconds=time.perf_counter() - start,
         step_seconds=opt.step_seconds,
         stage_seconds=StageSeconds(prepare_s, optimise_s, draws_s, summaries_s, check_s),
+        one_star_samples=all_stars,
+        rejection=rejection,
+        uniform_share=_uniform_share(prep, prior),
     )
+
+
+def _uniform_share(prep: Prepared, prior: Prior) -> float:
+    """The prior weight of the uniform-rejection components, averaged over the images'
+    prior rows."""
+    k = prep.counts.shape[1]
+    groups = np.bincount(np.where(prep.probe, k, prep.proposals), minlength=k + 1)
+    uniform = uniform_components(prior)
+    share = np.asarray(prior.weights)[:, uniform].sum(axis=1)
+    return float(np.sum(groups * share) / max(groups.sum(), 1))

@@ -50,18 +50,26 @@ class Prior(eqx.Module):
     the rest following the component's Dirichlet. Spikes model what real soft labels
     are full of: classes that no annotator chose, and unanimous images.
 
+    A component also fixes how a rejection chooses its class: in proportion to ``p``
+    (SPA), or uniformly among the other ``K - 1`` classes (``uniform_rejection``). A prior
+    with components of both kinds is a per-image mixture of the two rejection kernels,
+    its weight learned with the prior.
+
     Attributes:
         mean: ``(K + 1, components, K)`` Dirichlet means (rows on the simplex).
         concentration: ``(K + 1, components)`` Dirichlet concentrations (> 0).
         weights: ``(K + 1, components)`` mixture weights (rows on the simplex).
         kind: static tuple, one entry per component: 0 Dirichlet, 1 spike at
             ``p[rho] = 0``, 2 spike at ``p[rho] = 1``.
+        uniform_rejection: static tuple, one bool per component (empty: none): the
+            component's rejections choose uniformly among the other classes.
     """
 
     mean: Float[Array, "groups components classes"]
     concentration: Float[Array, "groups components"]
     weights: Float[Array, "groups components"]
     kind: tuple[int, ...] = eqx.field(static=True)
+    uniform_rejection: tuple[bool, ...] = eqx.field(static=True, default=())
 
 
 class AnnotatorData(NamedTuple):
@@ -302,8 +310,23 @@ def _is_rho(proposals: Array, num_classes: int) -> Array:
     return proposals[:, None] == jnp.arange(num_classes, dtype=jnp.int32)[None, :]
 
 
+def uniform_components(prior: Prior) -> np.ndarray:
+    """``(components,)`` bool: the components whose rejections choose uniformly."""
+    flags = prior.uniform_rejection or (False,) * len(prior.kind)
+    if len(flags) != len(prior.kind):
+        raise ValueError(
+            f"`uniform_rejection` has {len(flags)} entries for {len(prior.kind)} components"
+        )
+    return np.asarray(flags, bool)
+
+
 def row_part(data: SPAData, prior: Prior) -> RowPart:
-    """The delta-free part of every row's likelihood under every component."""
+    """The delta-free part of every row's likelihood under every component.
+
+    Under SPA's kernel the rejected annotations are ``Multinomial(N - c, r)`` and inform
+    ``r`` with the unbiased ones; under the uniform kernel each has probability
+    ``1 / (K - 1)`` whatever ``p`` is, and only the unbiased annotations inform ``r``.
+    The part in ``t``, ``A^c (1 - A)^(N - c)``, is the same for both."""
     dtype = prior.concentration.dtype
     num_classes = data.counts.shape[1]
     g = jnp.where(data.probe, num_classes, data.proposals)
@@ -312,7 +335,11 @@ def row_part(data: SPAData, prior: Prior) -> RowPart:
     a_rest_prior = jnp.where(is_rho[:, None, :], 0.0, alpha)
     counts = data.counts.astype(dtype)
     unbiased = data.unbiased.astype(dtype)
+    uniform = uniform_components(prior)
     others = jnp.where(is_rho, 0.0, counts + unbiased)[:, None, :]
+    if uniform.any():
+        only_unbiased = jnp.where(is_rho, 0.0, unbiased)[:, None, :]
+        others = jnp.where(uniform[None, :, None], only_unbiased, others)
     a_rest = a_rest_prior + others
     # Multivariate Beta ratio B(a + x) / B(a) over the classes other than rho; only
     # classes with counts contribute to the product of Gamma ratios.
@@ -337,7 +364,13 @@ def row_part(data: SPAData, prior: Prior) -> RowPart:
         + gammaln(m + 1.0)
         - jnp.sum(gammaln(unbiased + 1.0), axis=1)
     )
-    return RowPart(log_r + const[:, None] + jnp.log(prior.weights[g]), a_rest)
+    if uniform.any():
+        rejected = n - jnp.sum(jnp.where(is_rho, counts, 0.0), axis=1)
+        kernel = -rejected[:, None] * math.log(max(num_classes - 1, 1))
+        const = const[:, None] + jnp.where(uniform[None, :], kernel, 0.0)
+    else:
+        const = const[:, None]
+    return RowPart(log_r + const + jnp.log(prior.weights[g]), a_rest)
 
 
 class TBasis(NamedTuple):

@@ -30,7 +30,6 @@ from .likelihood import (
     log_weights_counts,
     row_part,
     t_basis,
-    t_part,
     t_part_given,
     table_log_weights,
 )
@@ -56,6 +55,10 @@ class ModelConfig(NamedTuple):
         level_terms: polynomial terms of each level of the data given to
             :func:`negative_elbo` as levels (see :func:`cleverjax.bayes.data.split_levels`);
             empty: one level with ``num_terms``.
+        rejection: the class a rejection chooses: ``"proportional"`` to ``p`` (SPA),
+            ``"uniform"`` among the other classes, or ``"mixed"``: every component twice,
+            once with each kernel, so that the prior's weights learn the share of images
+            annotated either way.
     """
 
     num_classes: int
@@ -69,6 +72,11 @@ class ModelConfig(NamedTuple):
     delta_from: str = "calibration"
     spikes: bool = True
     level_terms: tuple[int, ...] = ()
+    rejection: str = "proportional"
+
+
+REJECTION_KERNELS = ("proportional", "uniform", "mixed")
+"""Values of :attr:`ModelConfig.rejection` (and of ``fit``'s ``rejection``)."""
 
 
 def _globals(config: ModelConfig) -> tuple[Array, Array]:
@@ -82,35 +90,69 @@ def _globals(config: ModelConfig) -> tuple[Array, Array]:
     return numpyro.deterministic("delta", one_star * frac), one_star
 
 
-def component_kinds(config: ModelConfig) -> tuple[int, ...]:
+def _base_kinds(config: ModelConfig) -> tuple[int, ...]:
     return (0,) * config.num_components + ((1, 2) if config.spikes else ())
+
+
+def component_kinds(config: ModelConfig) -> tuple[int, ...]:
+    """The prior's component kinds (see :class:`Prior`); with ``rejection="mixed"`` the
+    components of one kernel, then the same components with the other."""
+    base = _base_kinds(config)
+    return base * 2 if config.rejection == "mixed" else base
+
+
+def component_rejection(config: ModelConfig) -> tuple[bool, ...]:
+    """:attr:`Prior.uniform_rejection` of the configuration."""
+    base = len(_base_kinds(config))
+    if config.rejection == "mixed":
+        return (False,) * base + (True,) * base
+    return (config.rejection == "uniform",) * base
+
+
+def _base_count(config: ModelConfig) -> int:
+    """Components of one rejection kernel."""
+    return len(_base_kinds(config))
+
+
+def _prior_from(mean_logits, conc, weight_logits, uniform_logit, config: ModelConfig) -> Prior:
+    """The :class:`Prior` from its free parameters. With ``rejection="mixed"`` the two
+    kernels share the Dirichlet components: they differ only in their weights, a share
+    ``sigmoid(uniform_logit)`` of each prior row's weight going to the uniform kernel."""
+    mean = jax.nn.softmax(mean_logits, axis=-1)
+    weights = jax.nn.softmax(weight_logits, axis=-1)
+    if config.rejection == "mixed":
+        share = jax.nn.sigmoid(uniform_logit)[:, None]
+        mean = jnp.concatenate([mean, mean], axis=1)
+        conc = jnp.concatenate([conc, conc], axis=1)
+        weights = jnp.concatenate([weights * (1 - share), weights * share], axis=1)
+    return Prior(mean, conc, weights, component_kinds(config), component_rejection(config))
 
 
 def _prior_params(config: ModelConfig, init: Prior) -> Prior:
     # Simplex rows as softmax of free logits: better conditioned for Adam than
     # stick-breaking, and the logits' free offset is harmless.
-    mean_logits = numpyro.param("prior_mean_logits", jnp.log(init.mean))
+    start = initial_params(config, init)
+    mean_logits = numpyro.param("prior_mean_logits", start["prior_mean_logits"])
     conc = numpyro.param(
         "prior_concentration",
-        init.concentration,
+        start["prior_concentration"],
         constraint=constraints.interval(*CONCENTRATION_BOUNDS),
     )
-    weight_logits = numpyro.param("prior_weight_logits", jnp.log(init.weights))
-    return Prior(
-        jax.nn.softmax(mean_logits, axis=-1),
-        conc,
-        jax.nn.softmax(weight_logits, axis=-1),
-        component_kinds(config),
-    )
+    weight_logits = numpyro.param("prior_weight_logits", start["prior_weight_logits"])
+    uniform_logit = None
+    if config.rejection == "mixed":
+        uniform_logit = numpyro.param("prior_uniform_logit", start["prior_uniform_logit"])
+    return _prior_from(mean_logits, conc, weight_logits, uniform_logit, config)
 
 
 def prior_from_params(params: dict, config: ModelConfig) -> Prior:
     """The fitted :class:`Prior` from SVI parameters."""
-    return Prior(
-        jax.nn.softmax(params["prior_mean_logits"], axis=-1),
+    return _prior_from(
+        params["prior_mean_logits"],
         params["prior_concentration"],
-        jax.nn.softmax(params["prior_weight_logits"], axis=-1),
-        component_kinds(config),
+        params["prior_weight_logits"],
+        params.get("prior_uniform_logit"),
+        config,
     )
 
 
@@ -240,11 +282,18 @@ def initial_params(config: ModelConfig, init: Prior) -> dict:
     (constrained; NumPyro's parameter names)."""
     # On the host: small eager operations would each compile a program.
     dtype = np.dtype(init.concentration.dtype)
-    params = {
-        "prior_mean_logits": np.log(np.asarray(init.mean)),
-        "prior_concentration": np.asarray(init.concentration),
-        "prior_weight_logits": np.log(np.asarray(init.weights)),
-    }
+    mean, conc = np.asarray(init.mean), np.asarray(init.concentration)
+    weights = np.asarray(init.weights)
+    params = {}
+    if config.rejection == "mixed":  # the kernels share their components (see _prior_from)
+        c = _base_count(config)
+        mean, conc = mean[:, :c], conc[:, :c]
+        share = weights[:, c:].sum(axis=1) / weights.sum(axis=1)
+        weights = weights[:, :c] + weights[:, c:]
+        params["prior_uniform_logit"] = np.log(share) - np.log1p(-share)
+    params["prior_mean_logits"] = np.log(mean)
+    params["prior_concentration"] = conc
+    params["prior_weight_logits"] = np.log(weights)
     for site, start in _global_sites(config):
         params[f"{site}_loc"] = np.asarray(start, dtype)
         params[f"{site}_scale"] = np.asarray(0.1, dtype)
@@ -258,6 +307,8 @@ def param_constraints(config: ModelConfig) -> dict:
         "prior_concentration": constraints.interval(*CONCENTRATION_BOUNDS),
         "prior_weight_logits": constraints.real,
     }
+    if config.rejection == "mixed":
+        out["prior_uniform_logit"] = constraints.real
     for site, _ in _global_sites(config):
         out[f"{site}_loc"] = constraints.real
         out[f"{site}_scale"] = constraints.positive
