@@ -62,10 +62,11 @@ from .bayes import FitResult as FitResult
 from .bayes import IdentifiabilityWarning as IdentifiabilityWarning
 from .bayes import ModelCheck as ModelCheck
 from .bayes import ModelCheckWarning as ModelCheckWarning
+from .bayes import ModelComparison as ModelComparison
 from .bayes import PosteriorPredictive as PosteriorPredictive
 from .bayes import Prior as Prior
-from .bayes import RejectionComparison as RejectionComparison
 from .bayes import StageSeconds as StageSeconds
+from .bayes import compare_models as compare_models
 from .bayes import compare_rejection as compare_rejection
 from .bayes import default_adam as default_adam
 from .bayes import exact_delta_posterior as exact_delta_posterior

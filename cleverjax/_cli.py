@@ -384,8 +384,12 @@ def _fit(args: argparse.Namespace) -> int:
     if not shown.any():
         raise InputError(f"{args.table}: no annotation was made with a proposal; nothing to fit")
     key = jax.random.key(args.seed)
-    if args.per_annotator and args.rejection != "proportional":
-        raise InputError("--per-annotator supports only --rejection proportional (SPA's kernel)")
+    variant = args.rejection != "proportional" or args.delta_by_class or args.select_variant
+    if args.per_annotator and variant:
+        raise InputError(
+            "--per-annotator takes SPA's kernel and one delta per annotator: it cannot be "
+            "combined with --rejection, --delta-by-class or --select-variant"
+        )
     comparison = None
     if args.per_annotator:
         res = cj.fit_annotators(
@@ -406,14 +410,16 @@ def _fit(args: argparse.Namespace) -> int:
             delta_from=args.delta_from,
             progress=_interactive(),
         )
-        if args.rejection == "auto":
-            comparison = cj.compare_rejection(*inputs, **options)
+        if args.select_variant:
+            comparison = cj.compare_models(*inputs, **options)
             res = comparison.fits[comparison.best]
         else:
-            res = cj.fit(*inputs, rejection=args.rejection, **options)
+            res = cj.fit(
+                *inputs, rejection=args.rejection, delta_by_class=args.delta_by_class, **options
+            )
     labels, summary = res.posterior_mean, res.to_dict()
     if comparison is not None:
-        summary["rejection_comparison"] = comparison.to_dict()
+        summary["model_comparison"] = comparison.to_dict()
     summary.update(tasks=len(counts.tasks), classes=list(counts.classes))
     _write_labels(args.out, labels, counts.tasks, counts.classes)
     if args.summary and _writes_files():
@@ -428,7 +434,7 @@ def _fit(args: argparse.Namespace) -> int:
             f"{c} {e:.1f}" for c, e in sorted(comparison.elpd.items(), key=lambda x: -x[1])
         )
         _note(
-            f"rejection kernel: {comparison.best} (held-out log predictive density of "
+            f"model variant: {comparison.best} (held-out log predictive density of "
             f"{comparison.images} calibration images: {scores})"
         )
     for check in res.checks:
@@ -684,10 +690,23 @@ def _add_fit(sub) -> None:
     fit.add_argument(
         "--rejection",
         default="proportional",
-        choices=["proportional", "uniform", "mixed", "auto"],
-        help="which class a rejected proposal's annotation picks: in proportion to p (SPA), "
-        "uniformly, a learned mixture, or auto: the kernel that best predicts held-out "
-        "calibration images (cleverjax.compare_rejection; 18 fits)",
+        choices=["proportional", "uniform", "mixed"],
+        help="which class a rejected proposal's annotation picks: in proportion to p "
+        "(SPA), uniformly, or a learned per-image mixture of the two",
+    )
+    fit.add_argument(
+        "--delta-by-class",
+        action="store_true",
+        dest="delta_by_class",
+        help="one delta per proposed class, shrunk toward each other (hierarchical)",
+    )
+    fit.add_argument(
+        "--select-variant",
+        action="store_true",
+        dest="select_variant",
+        help="fit SPA and its robust variants (uniform and mixed rejection, delta by class) "
+        "and keep the one that best predicts held-out calibration images "
+        "(cleverjax.compare_models: 24 fits)",
     )
     fit.add_argument(
         "--per-annotator",

@@ -252,33 +252,34 @@ def test_fit_passes_the_table_to_the_model_and_writes_its_results(simulated, mon
     assert info["delta_interval"] == [0.25, 0.35] and info["steps"] == 7
     assert info["checks"][0]["name"] == "rejected_classes" and info["checks"][0]["passed"]
     assert "model check rejected_classes: passed (p = 0.5)" in capsys.readouterr().err
-    assert main([*argv, "--rejection", "uniform"]) == 0
-    assert seen["rejection"] == "uniform"
+    assert main([*argv, "--rejection", "uniform", "--delta-by-class"]) == 0
+    assert seen["rejection"] == "uniform" and seen["delta_by_class"]
 
-    # --rejection auto: the comparison's best fit is written, with the scores.
+    # --select-variant: the comparison's best fit is written, with the scores.
     def fake_compare(key, biased, proposals, **kwargs):
         seen["compared"] = kwargs
         best = fake_fit(key, biased, proposals, **kwargs)
-        return cj.RejectionComparison(
-            best="mixed",
-            elpd={"proportional": -120.0, "mixed": -100.0},
-            se={"proportional": 5.0, "mixed": 5.0},
-            diff_se={"proportional": 3.0, "mixed": 0.0},
+        return cj.ModelComparison(
+            best="delta_by_class",
+            top="delta_by_class",
+            elpd={"spa": -120.0, "delta_by_class": -100.0},
+            se={"spa": 5.0, "delta_by_class": 5.0},
+            diff_se={"spa": 3.0, "delta_by_class": 0.0},
             pointwise={},
             images=80,
             folds=5,
-            fits={"proportional": best, "mixed": best},
+            fits={"spa": best, "delta_by_class": best},
         )
 
-    monkeypatch.setattr(cj, "compare_rejection", fake_compare)
-    assert main([*argv, "--rejection", "auto"]) == 0
-    assert "rejection" not in seen["compared"]
+    monkeypatch.setattr(cj, "compare_models", fake_compare)
+    assert main([*argv, "--select-variant"]) == 0
+    assert "rejection" not in seen["compared"] and "delta_by_class" not in seen["compared"]
     info = json.loads(summary.read_text())
-    assert info["rejection_comparison"]["best"] == "mixed"
-    assert "rejection kernel: mixed" in capsys.readouterr().err
+    assert info["model_comparison"]["best"] == "delta_by_class"
+    assert "model variant: delta_by_class" in capsys.readouterr().err
     code = main([*argv, "--per-annotator", "--rejection", "uniform"])
     assert code == 2
-    assert "--per-annotator supports only --rejection proportional" in capsys.readouterr().err
+    assert "--per-annotator takes SPA's kernel" in capsys.readouterr().err
 
 
 @pytest.mark.slow

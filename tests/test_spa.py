@@ -189,7 +189,6 @@ def test_uniform_rejection_counts_match_closed_form(method):
     assert max(bad[:2]) < ALPHA / len(ROWS), bad
 
 
-
 def test_accepted_share_matches_acceptance_probability():
     p, rho = tiled()
     batch = cj.simulate_annotations(

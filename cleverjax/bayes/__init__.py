@@ -7,7 +7,7 @@
 - :mod:`~cleverjax.bayes.posterior`: per-image posterior summaries and predictive checks;
 - :mod:`~cleverjax.bayes.fitting`: the :func:`fit` pipeline;
 - :mod:`~cleverjax.bayes.checks`: model checks of the parts of SPA a fit cannot see;
-- :mod:`~cleverjax.bayes.compare`: choosing the rejection kernel by PSIS-LOO;
+- :mod:`~cleverjax.bayes.compare`: choosing a model variant by cross-validation;
 - :mod:`~cleverjax.bayes.exact`, :mod:`~cleverjax.bayes.plan`,
   :mod:`~cleverjax.bayes.annotators`: the exact path, calibration planning and the
   per-annotator model.
@@ -19,7 +19,8 @@ from .checks import ModelCheck as ModelCheck
 from .checks import ModelCheckWarning as ModelCheckWarning
 from .checks import model_checks as model_checks
 from .checks import warn_failed as warn_failed
-from .compare import RejectionComparison as RejectionComparison
+from .compare import ModelComparison as ModelComparison
+from .compare import compare_models as compare_models
 from .compare import compare_rejection as compare_rejection
 from .exact import DeltaPosterior as DeltaPosterior
 from .exact import exact_delta_posterior as exact_delta_posterior

@@ -1,12 +1,13 @@
-"""Choosing the rejection kernel by cross-validated prediction of the calibration images.
+"""Choosing a model variant by cross-validated prediction of the calibration images.
 
-SPA says a rejected proposal's annotation picks class ``k`` in proportion to ``p[k]``;
-real annotators may instead pick more uniformly. :func:`fit` has one exact model per
-kernel (``rejection="proportional"``, ``"uniform"`` or ``"mixed"``). Which one fits the
-annotators is a question the *calibration images* answer: they carry annotations made
-without a proposal, which stand for ``p``, and annotations made with it, which show what
-rejections do. :func:`compare_rejection` fits every candidate and scores it by the
-held-out predictive density of each calibration image's biased annotations given its
+SPA says a rejected proposal's annotation picks class ``k`` in proportion to ``p[k]``,
+and that one delta holds for every image. Real annotators may pick more uniformly, or
+accept some classes' proposals more readily. :func:`fit` has an exact model for each
+variant: ``rejection="uniform"`` or ``"mixed"``, ``delta_by_class=True``. Which one fits
+the annotators is a question the *calibration images* answer: they carry annotations
+made without a proposal, which stand for ``p``, and annotations made with it, which show
+what annotators do with a proposal. :func:`compare_models` fits every variant and scores
+it by the held-out predictive density of each calibration image's biased annotations given its
 unbiased ones, ``log p(biased_i | unbiased_i, other images)``, by K-fold
 cross-validation: the prior and delta are fitted again without the fold's images.
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -34,6 +35,19 @@ from .data import compress, numpy_rng, prepare
 from .fitting import FitResult, fit
 from .likelihood import Prior, log_likelihood, table_log_weights
 from .model import REJECTION_KERNELS
+
+ROBUST_VARIANTS: dict[str, dict[str, Any]] = {
+    "spa": {},
+    "uniform_rejection": {"rejection": "uniform"},
+    "delta_by_class": {"delta_by_class": True},
+    "mixed_rejection": {"rejection": "mixed"},
+}
+"""The variants :func:`compare_models` compares by default, simplest first: name ->
+options of :func:`cleverjax.fit`."""
+
+CLEAR_PREFERENCE = 2.0
+"""A variant is preferred to a simpler one only when its held-out score is higher by
+more than this many standard errors of the difference."""
 
 # ----------------------------------------------------------------------------------
 # The calibration images' predictive density
@@ -69,23 +83,25 @@ def calibration_log_lik(
     return np.asarray(ll_both, float)[:, inverse] - np.asarray(ll_alone, float)[inverse_alone]
 
 
-class RejectionComparison(NamedTuple):
-    """Result of :func:`compare_rejection`.
+class ModelComparison(NamedTuple):
+    """Result of :func:`compare_models` and :func:`compare_rejection`.
 
     Attributes:
-        best: the candidate with the highest held-out predictive density.
-        elpd: candidate -> summed held-out log predictive density of the calibration
+        best: the chosen variant: the first (simplest, in the order given) whose held-out
+            score is within :data:`CLEAR_PREFERENCE` standard errors of the highest.
+        top: the variant with the highest held-out score.
+        elpd: variant -> summed held-out log predictive density of the calibration
             images' biased annotations given their unbiased ones (nats; higher is better).
-        se: candidate -> standard error of its ``elpd``.
-        diff_se: candidate -> standard error of its ``elpd`` minus the best's (a
-            difference within about two of these is not a clear preference).
-        pointwise: candidate -> ``(images,)`` held-out log density of each scored image.
+        se: variant -> standard error of its ``elpd``.
+        diff_se: variant -> standard error of its ``elpd`` minus the top one's.
+        pointwise: variant -> ``(images,)`` held-out log density of each scored image.
         images: calibration images scored.
         folds: cross-validation folds.
-        fits: candidate -> its :class:`FitResult` on all images.
+        fits: variant -> its :class:`FitResult` on all images.
     """
 
     best: str
+    top: str
     elpd: dict[str, float]
     se: dict[str, float]
     diff_se: dict[str, float]
@@ -96,78 +112,96 @@ class RejectionComparison(NamedTuple):
 
     def to_dict(self) -> dict[str, Any]:
         """The scores as plain Python values (JSON-ready)."""
+        out = {}
+        for c in self.elpd:
+            fit_c = self.fits[c]
+            out[c] = {
+                "elpd": self.elpd[c],
+                "se": self.se[c],
+                "elpd_diff": self.elpd[c] - self.elpd[self.top],
+                "diff_se": self.diff_se[c],
+                "delta": fit_c.delta,
+                "delta_by_class": None
+                if fit_c.delta_by_class is None
+                else [float(x) for x in fit_c.delta_by_class],
+                "rejection": fit_c.rejection,
+                "uniform_share": fit_c.uniform_share,
+            }
         return {
             "best": self.best,
+            "top": self.top,
             "images": self.images,
             "folds": self.folds,
-            "candidates": {
-                c: {
-                    "elpd": self.elpd[c],
-                    "se": self.se[c],
-                    "elpd_diff": self.elpd[c] - self.elpd[self.best],
-                    "diff_se": self.diff_se[c],
-                    "delta": self.fits[c].delta,
-                    "uniform_share": self.fits[c].uniform_share,
-                }
-                for c in self.elpd
-            },
+            "variants": out,
         }
 
 
 MIN_SCORED_IMAGES = 10
-"""Calibration images (with both kinds of annotations) below which
-:func:`compare_rejection` refuses to choose."""
+"""Calibration images (with both kinds of annotations) below which the comparisons
+refuse to choose."""
 
 _FOLD_SETTINGS = dict(num_draws=1, num_interval_draws=1, num_ppc_replicates=0, check_model=False)
 """A fold's fit needs the prior and the draws of the globals, not the images' summaries."""
+
+_VARIANT_OPTIONS = ("rejection", "delta_by_class")
+"""Options of :func:`cleverjax.fit` that a variant may set."""
 
 
 def _se(x: np.ndarray) -> float:
     return float(math.sqrt(x.shape[0] * np.var(x))) if x.shape[0] > 1 else math.nan
 
 
-def compare_rejection(
+def compare_models(
     key,
     counts,
     proposals,
     *,
     unbiased_counts,
-    candidates: Sequence[str] = REJECTION_KERNELS,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
     folds: int = 5,
     num_predictive_draws: int = 1000,
     **fit_options,
-) -> RejectionComparison:
-    """Fit the model with each rejection kernel and choose the one that best predicts the
-    calibration images held out (see the module docstring).
+) -> ModelComparison:
+    """Fit the model in each variant and choose the one that best predicts the calibration
+    images held out (see the module docstring).
 
-    Costs ``len(candidates) * (folds + 1)`` fits; the fold fits skip the per-image
+    Costs ``len(variants) * (folds + 1)`` fits; the fold fits skip the per-image
     summaries.
 
     Args:
-        key: PRNG key (the same fit key is used for every candidate and fold).
+        key: PRNG key (the same fit key is used for every variant and fold).
         counts, proposals: as for :func:`cleverjax.fit`.
         unbiased_counts: keyword-only; as for :func:`cleverjax.fit`; at least
             :data:`MIN_SCORED_IMAGES` images must have both unbiased and biased annotations.
-        candidates: keyword-only; kernels to compare (see ``fit``'s ``rejection``).
+        variants: keyword-only; name -> the variant's options of :func:`cleverjax.fit`
+            (``rejection``, ``delta_by_class``); default :data:`ROBUST_VARIANTS`.
         folds: keyword-only; cross-validation folds over the calibration images (>= 2).
-        num_predictive_draws: keyword-only; draws of (delta, 1*) the held-out predictive
+        num_predictive_draws: keyword-only; draws of the globals the held-out predictive
             density averages over.
-        **fit_options: passed to :func:`cleverjax.fit` (not ``rejection``).
+        **fit_options: passed to :func:`cleverjax.fit` for every variant (not the options
+            that variants set).
 
     Returns:
-        A :class:`RejectionComparison`; ``fits[best]`` is the chosen model's fit.
+        A :class:`ModelComparison`; ``fits[best]`` is the chosen variant's fit: the
+        simplest (first) variant whose score is within :data:`CLEAR_PREFERENCE` standard
+        errors of the highest, so that a variant must earn its extra parameters.
 
     Raises:
-        ValueError: on an unknown or repeated candidate, too few calibration images, or
-            invalid inputs (as :func:`cleverjax.fit`).
+        ValueError: on no variants, a variant option that is not allowed, too few
+            calibration images, or invalid inputs (as :func:`cleverjax.fit`).
     """
-    if "rejection" in fit_options:
-        raise ValueError("pass the kernels to compare as `candidates`, not `rejection`")
-    candidates = tuple(candidates)
-    if not candidates or len(set(candidates)) != len(candidates):
-        raise ValueError(f"`candidates` must name distinct kernels; got {candidates}")
-    for c in candidates:
-        _checks.check_choice("candidates", c, REJECTION_KERNELS)
+    variants = dict(ROBUST_VARIANTS if variants is None else variants)
+    if not variants:
+        raise ValueError("`variants` must name at least one variant; got none")
+    for name, options in variants.items():
+        bad = sorted(set(options) - set(_VARIANT_OPTIONS))
+        if bad:
+            raise ValueError(
+                f"variant {name!r} sets {bad}; a variant may set only {list(_VARIANT_OPTIONS)}"
+            )
+    clash = sorted(set(fit_options) & set(_VARIANT_OPTIONS))
+    if clash:
+        raise ValueError(f"pass {clash} in the `variants`, not as options of every fit")
     if not (isinstance(folds, int) and folds >= 2):
         raise ValueError(f"`folds` must be an int >= 2; got {folds!r}")
     if not (isinstance(num_predictive_draws, int) and num_predictive_draws >= 1):
@@ -179,23 +213,19 @@ def compare_rejection(
     scored = np.flatnonzero((prep.counts.sum(axis=1) > 0) & (prep.unbiased.sum(axis=1) > 0))
     if scored.shape[0] < max(MIN_SCORED_IMAGES, folds):
         raise ValueError(
-            f"choosing a rejection kernel needs at least {max(MIN_SCORED_IMAGES, folds)} images "
-            f"with both biased and unbiased annotations; got {scored.shape[0]}"
+            f"comparing models needs at least {max(MIN_SCORED_IMAGES, folds)} images with "
+            f"both biased and unbiased annotations; got {scored.shape[0]}"
         )
     kd = as_typed_key(key)
     k_fit, k_fold = jax.random.split(kd)
     fold_of = numpy_rng(k_fold).permutation(scored.shape[0]) % folds
     inputs = (prep.counts, prep.proposals, prep.unbiased, prep.probe)
     fits, pointwise = {}, {}
-    for c in candidates:
-        fits[c] = fit(
-            k_fit,
-            *inputs[:2],
-            unbiased_counts=inputs[2],
-            probe=inputs[3],
-            rejection=c,
-            **fit_options,
-        )
+    for name, options in variants.items():
+        fits[name] = fit(
+            k_fit, *inputs[:2], unbiased_counts=inputs[2], probe=inputs[3],
+            **options, **fit_options,
+        )  # fmt: skip
         scores = np.empty(scored.shape[0])
         for f in range(folds):
             held = scored[fold_of == f]
@@ -205,31 +235,63 @@ def compare_rejection(
             with warnings.catch_warnings():  # the fit on all images has warned already
                 warnings.simplefilter("ignore")
                 res = fit(
-                    k_fit,
-                    b,
-                    rho,
-                    unbiased_counts=u,
-                    probe=pr,
-                    rejection=c,
-                    **{**fit_options, **_FOLD_SETTINGS},
-                )
-            draws = min(num_predictive_draws, res.delta_samples.shape[0])
+                    k_fit, b, rho, unbiased_counts=u, probe=pr,
+                    **options, **{**fit_options, **_FOLD_SETTINGS},
+                )  # fmt: skip
+            per_class = res.delta_by_class_samples
+            deltas = np.asarray(res.delta_samples if per_class is None else per_class)
+            draws = min(num_predictive_draws, deltas.shape[0])
             ll = calibration_log_lik(
                 res.prior,
-                np.asarray(res.delta_samples)[:draws],
+                deltas[:draws],
                 np.asarray(res.one_star_samples)[:draws],
                 *(x[held] for x in inputs[:3]),
             )
             scores[fold_of == f] = logsumexp(ll, axis=0) - math.log(draws)
-        pointwise[c] = scores
-    best = max(candidates, key=lambda c: float(np.sum(pointwise[c])))
-    return RejectionComparison(
+        pointwise[name] = scores
+    elpd = {c: float(np.sum(pointwise[c])) for c in variants}
+    top = max(variants, key=lambda c: elpd[c])
+    diff_se = {c: _se(pointwise[c] - pointwise[top]) for c in variants}
+    # The simplest variant that the top one does not clearly beat (a zero standard error
+    # means the scores are identical).
+    best = next(
+        c for c in variants if elpd[top] - elpd[c] <= CLEAR_PREFERENCE * np.nan_to_num(diff_se[c])
+    )
+    return ModelComparison(
         best=best,
-        elpd={c: float(np.sum(pointwise[c])) for c in candidates},
-        se={c: _se(pointwise[c]) for c in candidates},
-        diff_se={c: _se(pointwise[c] - pointwise[best]) for c in candidates},
+        top=top,
+        elpd=elpd,
+        se={c: _se(pointwise[c]) for c in variants},
+        diff_se=diff_se,
         pointwise=pointwise,
         images=int(scored.shape[0]),
         folds=folds,
         fits=fits,
+    )
+
+
+def compare_rejection(
+    key,
+    counts,
+    proposals,
+    *,
+    unbiased_counts,
+    candidates: Sequence[str] = REJECTION_KERNELS,
+    **options,
+) -> ModelComparison:
+    """:func:`compare_models` over rejection kernels: ``candidates`` (values of
+    :func:`cleverjax.fit`'s ``rejection``) become variants of those names; ``options``
+    as for :func:`compare_models`."""
+    candidates = tuple(candidates)
+    if not candidates or len(set(candidates)) != len(candidates):
+        raise ValueError(f"`candidates` must name distinct kernels; got {candidates}")
+    for c in candidates:
+        _checks.check_choice("candidates", c, REJECTION_KERNELS)
+    return compare_models(
+        key,
+        counts,
+        proposals,
+        unbiased_counts=unbiased_counts,
+        variants={c: {"rejection": c} for c in candidates},
+        **options,
     )

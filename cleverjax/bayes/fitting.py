@@ -63,7 +63,7 @@ from .model import (
     spa_model,
 )
 from .optimize import Optimized, lenient_promotion, run_lbfgs, run_svi
-from .posterior import PosteriorPredictive, acceptance_check, stratified, summaries
+from .posterior import PosteriorPredictive, acceptance_check, stratified_index, summaries
 
 MIN_CALIBRATION_IMAGES = 20
 """Calibration images (biased annotations plus unbiased ones, or a probe proposal) below
@@ -122,6 +122,11 @@ class FitResult(NamedTuple):
         uniform_share: with ``rejection="mixed"``, the prior's share of images whose
             rejections choose uniformly (averaged over the images' proposed classes);
             1 with ``"uniform"``, 0 with ``"proportional"``.
+        delta_by_class: with ``delta_by_class=True``, ``(classes,)`` posterior mean of
+            each proposed class's delta (``delta`` and ``delta_samples`` are then the
+            images' average delta); otherwise ``None``.
+        delta_by_class_interval: ``(classes, 2)`` their credible intervals, or ``None``.
+        delta_by_class_samples: ``(draws, classes)`` their posterior draws, or ``None``.
     """
 
     delta: float
@@ -147,6 +152,9 @@ class FitResult(NamedTuple):
     one_star_samples: Float[Array, " draws"] | None = None
     rejection: str = "proportional"
     uniform_share: float = 0.0
+    delta_by_class: np.ndarray | None = None
+    delta_by_class_interval: np.ndarray | None = None
+    delta_by_class_samples: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The scalar results as plain Python values (JSON-ready): delta, 1*, their
@@ -163,6 +171,12 @@ class FitResult(NamedTuple):
             "method": self.method,
             "rejection": self.rejection,
             "uniform_share": self.uniform_share,
+            "delta_by_class": None
+            if self.delta_by_class is None
+            else [float(x) for x in self.delta_by_class],
+            "delta_by_class_interval": None
+            if self.delta_by_class_interval is None
+            else [[float(a), float(b)] for a, b in self.delta_by_class_interval],
             "steps": int(self.losses.shape[0]),
             "seconds": self.seconds,
             "step_seconds": self.step_seconds,
@@ -362,22 +376,27 @@ def _global_draws(key, params, num_draws: int, config: ModelConfig):
     handful of small operations run one by one cost more than they compute)."""
     draws = {}
     for i, (site, _) in enumerate(_global_sites(config)):
-        eps = jax.random.normal(jax.random.fold_in(key, i), (num_draws,), jnp.result_type(float))
-        draws[site] = jax.nn.sigmoid(params[f"{site}_loc"] + params[f"{site}_scale"] * eps)
+        loc, scale = (jnp.expand_dims(params[f"{site}_{x}"], 0) for x in ("loc", "scale"))
+        shape = (num_draws, *loc.shape[1:])
+        eps = jax.random.normal(jax.random.fold_in(key, i), shape, jnp.result_type(float))
+        draws[site] = jax.nn.sigmoid(loc + scale * eps)
     if config.one_star is None:
         one_star = draws["one_star"]
     else:
-        one_star = jnp.full_like(draws["delta_fraction"], config.one_star)
-    return one_star * draws["delta_fraction"], one_star
+        one_star = jnp.full((num_draws,), config.one_star, jnp.result_type(float))
+    # With one delta per class: (draws, classes), each class's delta under the same 1*.
+    frac = draws["delta_fraction"]
+    return one_star.reshape(-1, *([1] * (frac.ndim - 1))) * frac, one_star
 
 
 def _prior_draws(key, config: ModelConfig, num: int = 4000):
     """Draws of (delta, 1*) from their prior: what the data say when delta is unidentified."""
     a, b = config.delta_prior
     dtype = jnp.result_type(float)
-    deltas = jax.random.beta(key, a, b, (num,), dtype=dtype)
+    shape = (num, config.num_classes) if config.delta_by_class else (num,)
+    deltas = jax.random.beta(key, a, b, shape, dtype=dtype)
     star = config.one_star if config.one_star is not None else 0.99
-    return deltas * star, jnp.full_like(deltas, star)
+    return deltas * star, jnp.full((num,), star, dtype)
 
 
 def _nuts_draws(key, prep: Prepared, params, config: ModelConfig, init: Prior, settings):
@@ -461,6 +480,7 @@ def fit(
     spikes: bool = True,
     delta_from: Literal["calibration", "all"] = "calibration",
     rejection: Literal["proportional", "uniform", "mixed"] = "proportional",
+    delta_by_class: bool = False,
     method: Literal["svi", "nuts"] = "svi",
     optimizer: optax.GradientTransformation | None = None,
     max_steps: int | None = None,
@@ -510,6 +530,13 @@ def fit(
             share is learned with the prior. Every variant is exact.
             :func:`cleverjax.compare_rejection` chooses between them by the calibration
             images' leave-one-out predictive likelihood.
+        delta_by_class: keyword-only; one delta per proposed class (annotators who
+            accept some classes' proposals more readily), under a hierarchical prior that
+            shrinks them toward each other: ``logit(delta_g / 1*) ~ Normal(mu, tau)`` with
+            ``mu`` and ``tau`` learned. ``delta`` is then the images' average delta and
+            ``delta_by_class`` holds each class's. Needs the default L-BFGS fit
+            (``optimizer=None``, ``method="svi"``); the model checks, which test SPA's
+            single delta, are not run.
         method: keyword-only; ``"svi"``, or ``"nuts"`` (the prior from the optimiser, then
             NUTS on the globals; with the cut, NUTS samples the cut posterior itself).
         optimizer: keyword-only; ``None`` (default): full-batch L-BFGS on the
@@ -581,6 +608,10 @@ def fit(
     _checks.check_choice("method", method, ("svi", "nuts"))
     _checks.check_choice("delta_from", delta_from, ("calibration", "all"))
     _checks.check_choice("rejection", rejection, REJECTION_KERNELS)
+    if delta_by_class and (optimizer is not None or method != "svi"):
+        raise ValueError(
+            "`delta_by_class=True` needs the default L-BFGS fit (optimizer=None, method='svi')"
+        )
     if one_star is not None and not 0 < one_star <= 1:
         raise ValueError(f"`one_star` must lie in (0, 1] or be None (learned); got {one_star}")
     if not 0 < level < 1:
@@ -620,6 +651,7 @@ def fit(
         delta_from=delta_from,
         spikes=bool(spikes),
         rejection=rejection,
+        delta_by_class=bool(delta_by_class),
     )
     identified, cal_images, cal_annotations = _identification(prep)
     if not identified:
@@ -655,7 +687,14 @@ def fit(
     else:
         glob = {k: opt.params[k] for k in global_params(opt.params, config)}
         all_deltas, all_stars = _global_draws(k_draw, glob, 4000, config)
-    deltas, stars = jax.block_until_ready(stratified(all_deltas, all_stars, int(num_draws)))
+    # With one delta per class, draws are ordered by the images' average delta.
+    shares = np.bincount(prep.proposals, minlength=config.num_classes) / prep.proposals.shape[0]
+    per_class = np.asarray(all_deltas) if delta_by_class else None
+    if delta_by_class:
+        all_deltas = jnp.asarray(per_class @ shares, per_class.dtype)
+    pick = stratified_index(all_deltas, int(num_draws))
+    chosen = per_class[pick] if delta_by_class else np.asarray(all_deltas)[pick]
+    deltas, stars = jnp.asarray(chosen), jnp.asarray(np.asarray(all_stars)[pick])
     draws_s = lap()
 
     # 3. Every image's posterior.
@@ -684,7 +723,7 @@ def fit(
             num_replicates=int(num_ppc_replicates),
         )
     checks: tuple[ModelCheck, ...] = ()
-    if check_model and cal_images > 0:
+    if check_model and cal_images > 0 and not delta_by_class:
         checks = model_checks(
             k_chk,
             prep.counts,
@@ -719,7 +758,16 @@ def fit(
         one_star_samples=all_stars,
         rejection=rejection,
         uniform_share=_uniform_share(prep, prior),
+        delta_by_class=None if per_class is None else per_class.mean(axis=0),
+        delta_by_class_interval=None if per_class is None else _class_intervals(per_class, level),
+        delta_by_class_samples=per_class,
     )
+
+
+def _class_intervals(draws: np.ndarray, level: float) -> np.ndarray:
+    """``(classes, 2)`` equal-tailed intervals of per-class draws ``(draws, classes)``."""
+    tail = (1 - level) / 2
+    return np.quantile(draws, [tail, 1 - tail], axis=0).T
 
 
 def _uniform_share(prep: Prepared, prior: Prior) -> float:

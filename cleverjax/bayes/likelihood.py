@@ -223,11 +223,30 @@ def log_weights_counts(
     return out.reshape(blocks * per_block, num_terms)[:pairs]
 
 
+def pair_log_weights(
+    c_rho: Array, n: Array, delta: Array, one_star: Array, num_terms: int
+) -> Float[Array, "*classes pairs terms"]:
+    """:func:`log_weights_counts` for a scalar ``delta``; for one delta per proposed class
+    (``delta`` of shape ``(classes,)``), the weights of every pair under every class's
+    delta, ``(classes, pairs, terms)``."""
+    if jnp.ndim(delta) == 0:
+        return log_weights_counts(c_rho, n, delta, one_star, num_terms)
+    return jax.vmap(lambda d: log_weights_counts(c_rho, n, d, one_star, num_terms))(delta)
+
+
+def pick_weights(log_w: Array, rho: Array, pair: Array) -> Float[Array, "entries terms"]:
+    """Each entry's row of :func:`pair_log_weights` (``pair``: the entry's pair index,
+    ``rho``: its proposal, which selects the delta when there is one per class)."""
+    return log_w[pair] if log_w.ndim == 2 else log_w[rho, pair]
+
+
 def table_log_weights(
     table: EntryTable, delta: Array, one_star: Array, num_terms: int
 ) -> Float[Array, "entries terms"]:
-    """log W_s of every entry, computed once per (c, N) pair."""
-    return log_weights_counts(table.pair_c, table.pair_n, delta, one_star, num_terms)[table.pair]
+    """log W_s of every entry, computed once per (c, N) pair (and proposed class, when
+    ``delta`` has one value per class)."""
+    log_w = pair_log_weights(table.pair_c, table.pair_n, delta, one_star, num_terms)
+    return pick_weights(log_w, table.rho, table.pair)
 
 
 def entry_log_weights(

@@ -27,7 +27,8 @@ from .likelihood import (
     log_likelihood,
     log_marginal,
     log_weights_annotators,
-    log_weights_counts,
+    pair_log_weights,
+    pick_weights,
     row_part,
     t_basis,
     t_part_given,
@@ -55,6 +56,11 @@ class ModelConfig(NamedTuple):
         level_terms: polynomial terms of each level of the data given to
             :func:`negative_elbo` as levels (see :func:`cleverjax.bayes.data.split_levels`);
             empty: one level with ``num_terms``.
+        delta_by_class: one delta per proposed class instead of one for all images,
+            with a hierarchical prior: ``logit(delta_g / 1*) ~ Normal(mu, tau)``, ``mu``
+            and ``tau`` learned (empirical Bayes), so that classes with few calibration
+            images borrow strength from the others. Only :func:`negative_elbo` (the
+            L-BFGS fit) supports it.
         rejection: the class a rejection chooses: ``"proportional"`` to ``p`` (SPA),
             ``"uniform"`` among the other classes, or ``"mixed"``: every component twice,
             once with each kernel, so that the prior's weights learn the share of images
@@ -73,6 +79,7 @@ class ModelConfig(NamedTuple):
     spikes: bool = True
     level_terms: tuple[int, ...] = ()
     rejection: str = "proportional"
+    delta_by_class: bool = False
 
 
 REJECTION_KERNELS = ("proportional", "uniform", "mixed")
@@ -295,9 +302,17 @@ def initial_params(config: ModelConfig, init: Prior) -> dict:
     params["prior_concentration"] = conc
     params["prior_weight_logits"] = np.log(weights)
     for site, start in _global_sites(config):
-        params[f"{site}_loc"] = np.asarray(start, dtype)
-        params[f"{site}_scale"] = np.asarray(0.1, dtype)
+        shape = _site_shape(site, config)
+        params[f"{site}_loc"] = np.full(shape, start, dtype)
+        params[f"{site}_scale"] = np.full(shape, 0.1, dtype)
+    if config.delta_by_class:
+        params["delta_mean"] = np.asarray(_global_sites(config)[0][1], dtype)
+        params["delta_log_spread"] = np.asarray(np.log(0.5), dtype)
     return params
+
+
+def _site_shape(site: str, config: ModelConfig) -> tuple[int, ...]:
+    return (config.num_classes,) if site == "delta_fraction" and config.delta_by_class else ()
 
 
 def param_constraints(config: ModelConfig) -> dict:
@@ -312,6 +327,9 @@ def param_constraints(config: ModelConfig) -> dict:
     for site, _ in _global_sites(config):
         out[f"{site}_loc"] = constraints.real
         out[f"{site}_scale"] = constraints.positive
+    if config.delta_by_class:
+        out["delta_mean"] = constraints.real
+        out["delta_log_spread"] = constraints.real
     return out
 
 
@@ -346,8 +364,9 @@ def _globals_at(source: dict, z: Array, config: ModelConfig):
         x = loc + scale * z[j]
         v = jax.nn.sigmoid(x)
         values[site] = v
-        # Normal on the logit scale, pushed through the sigmoid.
-        log_q = log_q + dist.Normal(loc, scale).log_prob(x) - jnp.log(v) - jnp.log1p(-v)
+        # Normal on the logit scale, pushed through the sigmoid (summed over the classes
+        # when delta has one value per class: the guide is a product over them).
+        log_q = log_q + jnp.sum(dist.Normal(loc, scale).log_prob(x) - jnp.log(v) - jnp.log1p(-v))
     star = values["one_star"] if "one_star" in values else jnp.asarray(config.one_star, dtype)
     return values, star * values["delta_fraction"], star, log_q
 
@@ -405,6 +424,18 @@ def freeze(frozen: dict, data, config: ModelConfig, live=None):
     return out[0] if isinstance(data, SPAData) else out
 
 
+def _delta_log_prior(params: dict, fraction: Array, z: Array, config: ModelConfig) -> Array:
+    """Log prior density of ``delta / 1*`` at a quadrature node: the Beta prior, or with
+    ``delta_by_class`` the hierarchical normal prior on the logit scale (as a density of
+    the fraction, the same scale as the guide's ``log_q``), summed over the classes."""
+    if not config.delta_by_class:
+        return dist.Beta(*config.delta_prior).log_prob(fraction)
+    x = params["delta_fraction_loc"] + params["delta_fraction_scale"] * z
+    spread = jnp.exp(params["delta_log_spread"])
+    density = dist.Normal(params["delta_mean"], spread).log_prob(x)
+    return jnp.sum(density - jnp.log(fraction) - jnp.log1p(-fraction))
+
+
 def negative_elbo(params: dict, data, frozen, config: ModelConfig) -> Array:
     """The loss of :class:`QuadratureELBO` on :func:`spa_model` and :func:`global_guide`
     (without annotators or subsampling), written out as one function of the constrained
@@ -443,7 +474,7 @@ def negative_elbo(params: dict, data, frozen, config: ModelConfig) -> Array:
 
     def at(zi, frozen_w):
         values, delta, star, log_q = _globals_at(params, zi, config)
-        log_joint = dist.Beta(*config.delta_prior).log_prob(values["delta_fraction"]) - log_q
+        log_joint = _delta_log_prior(params, values["delta_fraction"], zi[0], config) - log_q
         if "one_star" in values:
             log_joint = log_joint + dist.Beta(*config.one_star_prior).log_prob(star)
         for d, n, r, b, cal, f, lv in zip(levels, terms, rows, bases, calibrated, frozen_w, live):
@@ -452,8 +483,8 @@ def negative_elbo(params: dict, data, frozen, config: ModelConfig) -> Array:
             elif lv.c.shape[0] == 0:  # no calibration entry: all weights frozen
                 log_w = f
             else:
-                now = log_weights_counts(lv.c, lv.n, delta, star, n)
-                log_w = jnp.where(cal, now[lv.entry_pair], f)
+                now = pair_log_weights(lv.c, lv.n, delta, star, n)
+                log_w = jnp.where(cal, pick_weights(now, d.table.rho, lv.entry_pair), f)
             t = t_part_given(d.table, prior, b, log_w)
             log_joint = log_joint + jnp.sum(d.weight * logsumexp(log_marginal(d, r, t), axis=-1))
         return log_joint

@@ -75,13 +75,12 @@ class PosteriorPredictive(NamedTuple):
     p_value_by_class: Float[Array, " classes"]
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def stratified(all_deltas: Array, all_stars: Array, num: int) -> tuple[Array, Array]:
-    """``num`` draws of (delta, 1*) at evenly spaced quantiles of delta's draws."""
-    order = jnp.argsort(all_deltas)
+def stratified_index(all_deltas, num: int) -> np.ndarray:
+    """Indices of ``num`` draws at evenly spaced quantiles of delta's draws."""
+    values = np.asarray(all_deltas)
+    order = np.argsort(values, kind="stable")
     quantiles = (np.arange(num) + 0.5) / num
-    pick = order[(quantiles * all_deltas.shape[0]).astype(np.int32)]
-    return all_deltas[pick], all_stars[pick]
+    return order[(quantiles * values.shape[0]).astype(np.int64)]
 
 
 # ----------------------------------------------------------------------------------
@@ -214,6 +213,8 @@ def accepted_moments(data: SPAData, resp, first, second, delta, one_star):
     ``c ~ Binomial(N, a)`` with ``a = delta + (1* - delta) t`` and ``t`` from the row's
     posterior (its component responsibilities ``resp`` and the entries' moments of t)."""
     dtype = resp.dtype
+    if jnp.ndim(delta) > 0:  # one delta per proposed class
+        delta = delta[data.proposals]
     et = jnp.sum(resp * first[data.entry], axis=-1)
     et2 = jnp.sum(resp * second[data.entry], axis=-1)
     a = delta + (one_star - delta) * et
@@ -256,7 +257,7 @@ def summaries(
     tail = (1 - level) / 2
 
     def block_fn(block: SPAData, ids, rep):
-        log_ws, base, prior = rep
+        log_ws, base, prior, deltas, stars = rep
         rows = row_part(block, prior)
         basis = t_basis(block.table, prior, num_terms)  # delta-free: once for every draw
 
@@ -279,7 +280,12 @@ def summaries(
     per_row = deltas.shape[0] * per_delta * num_classes
     shared = deltas.shape[0] * data.table.num_entries * prior.weights.shape[1] * num_terms
     return map_rows(
-        block_fn, data, (log_ws, key, prior), devices=devices, per_row=per_row, shared=shared
+        block_fn,
+        data,
+        (log_ws, key, prior, deltas, stars),
+        devices=devices,
+        per_row=per_row,
+        shared=shared,
     )
 
 
