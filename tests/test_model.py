@@ -138,7 +138,10 @@ def test_mixed_kernel_parameters_round_trip():
     assert init.uniform_rejection == (False,) * 4 + (True,) * 4
     params = model.initial_params(config, init)
     assert params["prior_weight_logits"].shape == (4, 4)
-    np.testing.assert_allclose(params["prior_uniform_logit"], 0.0, atol=1e-6)  # half each
+    share = fitting.INITIAL_UNIFORM_SHARE
+    np.testing.assert_allclose(
+        params["prior_uniform_logit"], np.log(share / (1 - share)), rtol=1e-5
+    )
     back = model.prior_from_params(params, config)
     for got, want in ((back.mean, init.mean), (back.weights, init.weights)):
         np.testing.assert_allclose(got, want, rtol=1e-5)
