@@ -311,6 +311,8 @@ def test_warn_failed_names_each_failed_check():
         warn_failed([ok, *bad])
     assert len(record) == 2
     assert "rejected_classes" in str(record[0].message) and "x2" in str(record[1].message)
+    assert "rejection='uniform'" in str(record[0].message)  # the variant to try
+    assert "compare_models" not in str(record[1].message)  # no remedy for an unknown check
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_failed([ok])

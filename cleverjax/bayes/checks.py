@@ -98,11 +98,22 @@ def warn_failed(checks: Sequence[ModelCheck]) -> None:
     """
     for check in checks:
         if not check.passed:
+            hint = _REMEDIES.get(check.name, "")
             warnings.warn(
-                f"model check `{check.name}` failed (p = {check.p_value:.3g}): {check.verdict}",
+                f"model check `{check.name}` failed (p = {check.p_value:.3g}): {check.verdict}"
+                + (f" {hint}" if hint else ""),
                 ModelCheckWarning,
                 stacklevel=2,
             )
+
+
+_REMEDIES = {
+    "rejected_classes": "Consider fit(..., rejection='uniform' or 'mixed'), or let "
+    "cleverjax.compare_models choose a variant.",
+    "share_on_proposal": "Consider fit(..., delta_by_class=True), or let "
+    "cleverjax.compare_models choose a variant.",
+}
+"""The model variant to try when a check fails (see :mod:`cleverjax.bayes.compare`)."""
 
 
 # ----------------------------------------------------------------------------------
