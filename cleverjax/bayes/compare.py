@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.special import logsumexp
+from tqdm import tqdm
 
 from .. import _checks
 from .._random import as_typed_key
@@ -179,7 +180,7 @@ def compare_models(
         num_predictive_draws: keyword-only; draws of the globals the held-out predictive
             density averages over.
         **fit_options: passed to :func:`cleverjax.fit` for every variant (not the options
-            that variants set).
+            that variants set); ``progress=True`` shows one bar over all the fits.
 
     Returns:
         A :class:`ModelComparison`; ``fits[best]`` is the chosen variant's fit: the
@@ -221,11 +222,16 @@ def compare_models(
     fold_of = numpy_rng(k_fold).permutation(scored.shape[0]) % folds
     inputs = (prep.counts, prep.proposals, prep.unbiased, prep.probe)
     fits, pointwise = {}, {}
+    # One bar over the fits (each fit's own bar stays off: one line is enough).
+    show = bool(fit_options.pop("progress", False))
+    bar = tqdm(total=len(variants) * (folds + 1), desc="compare", disable=not show, leave=False)
     for name, options in variants.items():
+        bar.set_postfix_str(name)
         fits[name] = fit(
             k_fit, *inputs[:2], unbiased_counts=inputs[2], probe=inputs[3],
             **options, **fit_options,
         )  # fmt: skip
+        bar.update()
         scores = np.empty(scored.shape[0])
         for f in range(folds):
             held = scored[fold_of == f]
@@ -248,7 +254,9 @@ def compare_models(
                 *(x[held] for x in inputs[:3]),
             )
             scores[fold_of == f] = logsumexp(ll, axis=0) - math.log(draws)
+            bar.update()
         pointwise[name] = scores
+    bar.close()
     elpd = {c: float(np.sum(pointwise[c])) for c in variants}
     top = max(variants, key=lambda c: elpd[c])
     diff_se = {c: _se(pointwise[c] - pointwise[top]) for c in variants}
