@@ -134,10 +134,11 @@ def _other_distribution(
     is_rho = jnp.arange(num_classes, dtype=jnp.int32) == rho
     others = jnp.where(is_rho, 0, p)
     mass = jnp.sum(others)
+    uniform = jnp.where(is_rho, 0, 1).astype(p.dtype) / (num_classes - 1)
     if on_certain == _ALWAYS_UNIFORM:
-        return jnp.where(is_rho, 0, 1).astype(p.dtype) / (num_classes - 1)
+        return uniform
     if on_certain == "uniform":
-        fallback = jnp.where(is_rho, 0, 1).astype(p.dtype) / (num_classes - 1)
+        fallback = uniform
     else:
         lowest = jnp.where(rho == 0, 1, 0)
         fallback = (jnp.arange(num_classes, dtype=jnp.int32) == lowest).astype(p.dtype)

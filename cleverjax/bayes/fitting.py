@@ -552,8 +552,8 @@ def fit(
             ``"proportional"`` to ``p`` among the other classes (SPA, default),
             ``"uniform"`` among them, or ``"mixed"``: a per-image mixture of the two whose
             share is learned with the prior. Every variant is exact.
-            :func:`cleverjax.compare_rejection` chooses between them by the calibration
-            images' leave-one-out predictive likelihood.
+            :func:`cleverjax.compare_models` chooses among SPA and its variants by
+            cross-validated prediction of the calibration images.
         delta_by_class: keyword-only; one delta per proposed class (annotators who
             accept some classes' proposals more readily), under a hierarchical prior that
             shrinks them toward each other: ``logit(delta_g / 1*) ~ Normal(mu, tau)`` with
@@ -712,9 +712,9 @@ def fit(
         glob = {k: opt.params[k] for k in global_params(opt.params, config)}
         all_deltas, all_stars = _global_draws(k_draw, glob, 4000, config)
     # With one delta per class, draws are ordered by the images' average delta.
-    shares = np.bincount(prep.proposals, minlength=config.num_classes) / prep.proposals.shape[0]
     per_class = np.asarray(all_deltas) if delta_by_class else None
     if delta_by_class:
+        shares = np.bincount(prep.proposals, minlength=config.num_classes) / len(prep.proposals)
         all_deltas = jnp.asarray(per_class @ shares, per_class.dtype)
     pick = stratified_index(all_deltas, int(num_draws))
     chosen = per_class[pick] if delta_by_class else np.asarray(all_deltas)[pick]

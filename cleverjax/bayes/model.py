@@ -101,6 +101,11 @@ def _base_kinds(config: ModelConfig) -> tuple[int, ...]:
     return (0,) * config.num_components + ((1, 2) if config.spikes else ())
 
 
+def _base_count(config: ModelConfig) -> int:
+    """Components of one rejection kernel."""
+    return len(_base_kinds(config))
+
+
 def component_kinds(config: ModelConfig) -> tuple[int, ...]:
     """The prior's component kinds (see :class:`Prior`); with ``rejection="mixed"`` the
     components of one kernel, then the same components with the other."""
@@ -110,15 +115,10 @@ def component_kinds(config: ModelConfig) -> tuple[int, ...]:
 
 def component_rejection(config: ModelConfig) -> tuple[bool, ...]:
     """:attr:`Prior.uniform_rejection` of the configuration."""
-    base = len(_base_kinds(config))
+    base = _base_count(config)
     if config.rejection == "mixed":
         return (False,) * base + (True,) * base
     return (config.rejection == "uniform",) * base
-
-
-def _base_count(config: ModelConfig) -> int:
-    """Components of one rejection kernel."""
-    return len(_base_kinds(config))
 
 
 def _prior_from(mean_logits, conc, weight_logits, uniform_logit, config: ModelConfig) -> Prior:
