@@ -9,12 +9,14 @@ axis is chunked or sharded over devices.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend.random import threefry_2x32
-from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, Real, Shaped, UInt32
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Key, PRNGKeyArray, Real, Shaped, UInt32
 
 KeyData = UInt32[Array, "2"]
 
@@ -235,20 +237,49 @@ def multinomial(
     return draws.T
 
 
+def flat_draw(sample, key: PRNGKeyArray, shape: tuple[int, ...], dtype) -> Array:
+    """``sample(key, shape, dtype)`` (``jax.random.normal``, ``uniform``, ``gumbel``...)
+    drawn as one vector and reshaped: the same numbers from a smaller program. For a
+    shape of several dimensions, partitionable Threefry builds its counters dimension by
+    dimension, which on CPU takes about four times as long to compile."""
+    return sample(key, (math.prod(shape),), dtype).reshape(shape)
+
+
+def to_normal(bits: UInt32[Array, "*s"], dtype) -> Float[Array, "*s"]:
+    """Standard normal from 32 random bits by inversion, as ``jax.random.normal`` does: a
+    uniform on a grid symmetric in (-1, 1), through ``sqrt(2) erfinv``."""
+    step = 2.0**-32 if jnp.dtype(dtype) == jnp.float64 else 2.0**-24
+    v = 2 * to_unit(bits, dtype) - 1 + jnp.asarray(step, dtype)
+    return jnp.sqrt(jnp.asarray(2, dtype)) * lax.erf_inv(v)
+
+
 _LOOP_TRIES = 4
 """Tries per pending element in each pass of the loop: a pass then leaves an element
 unaccepted with probability below 1e-5, and costs little as the buffer is small."""
+_BOOST_COUNTER = 2**32 - 1
+"""Counter of the uniform that boosts shapes below 1 (tries count up from 0)."""
 
 
-def _first_accepted(
-    key: PRNGKeyArray, d: Float[Array, " n"], c: Float[Array, " n"], tries: int
+def _tries(
+    kd: KeyData,
+    lane: UInt32[Array, " n"],
+    first: int | UInt32[Array, ""],
+    d: Float[Array, " n"],
+    tries: int,
 ) -> tuple[Float[Array, " n"], Bool[Array, " n"]]:
-    """``tries`` Marsaglia–Tsang tries per element, all drawn at once: the log of the
-    first accepted Gamma(d + 1/3) draw (arbitrary where none was) and whether any was."""
+    """Marsaglia–Tsang tries ``first .. first + tries - 1`` of each element (its lane),
+    all drawn at once from one Threefry call: the log of the first accepted
+    Gamma(d + 1/3) draw (arbitrary where none was) and whether any was.
+
+    Try ``j`` of lane ``l`` uses the two words of counter ``(l, j)``: a normal and a
+    uniform. Each element's tries are a fixed sequence of its key and lane, whichever
+    batch it is drawn in."""
     dtype = d.dtype
-    k_x, k_u = jax.random.split(key)
-    x = jax.random.normal(k_x, (tries, *d.shape), dtype)
-    u = 1 - jax.random.uniform(k_u, (tries, *d.shape), dtype)  # in (0, 1]: log(u) is finite
+    c = lax.rsqrt(9 * d)
+    counter = jnp.asarray(first, jnp.uint32) + jnp.arange(tries, dtype=jnp.uint32)[:, None]
+    w_x, w_u = random_words(kd, lane[None, :], counter)  # (tries, n)
+    x = to_normal(w_x, dtype)
+    u = 1 - to_unit(w_u, dtype)  # in (0, 1]: log(u) is finite
     y = c[None] * x
     positive = y > -1  # v = (1 + y)^3 must be positive
     y = jnp.where(positive, y, 0)
@@ -259,51 +290,55 @@ def _first_accepted(
     bound = 3 * d[None] * ((log1p_y - y) + y * y * (0.5 - y / 3))
     accepted = positive & (squeeze | (jnp.log(u) < bound))
     log_g = jnp.log(d)[None] + 3 * log1p_y  # log(d v)
-    first = log_g[tries - 1]
+    out = log_g[tries - 1]
     for i in reversed(range(tries - 1)):
-        first = jnp.where(accepted[i], log_g[i], first)
-    return first, jnp.any(accepted, axis=0)
+        out = jnp.where(accepted[i], log_g[i], out)
+    return out, jnp.any(accepted, axis=0)
 
 
 def _finish(
-    key: PRNGKeyArray,
-    d: Float[Array, " n"],
-    c: Float[Array, " n"],
-    log_g: Float[Array, " n"],
-    done: Bool[Array, " n"],
+    kds: UInt32[Array, "rows 2"],
+    d: Float[Array, "rows n"],
+    log_g: Float[Array, "rows n"],
+    done: Bool[Array, "rows n"],
+    first: int,
     buffer: int,
-) -> Float[Array, " n"]:
-    """Fresh tries for the elements not ``done`` until every one is accepted.
+) -> Float[Array, "rows n"]:
+    """Further tries for the elements not ``done`` until every one is accepted.
 
-    Each pass gathers up to ``buffer`` pending elements, draws ``_LOOP_TRIES`` tries for
-    each from the pass's own key and scatters the accepted draws back; elements beyond
-    the buffer wait for the next pass. The fresh tries are independent of the earlier
-    ones, whichever buffer slot an element lands in, so the draws stay exact."""
-    size = d.shape[0]
+    Each pass gathers up to ``buffer`` pending elements of all rows and draws their next
+    ``_LOOP_TRIES`` tries (from try ``first`` on, as :func:`_tries` numbers them, with the
+    row's key words ``kds``); elements beyond the buffer wait for the next pass. An
+    element's tries follow its own sequence, so each row's draws depend on its key alone,
+    however rows are batched, and are independent of the tries before."""
+    num_rows, width = d.shape
+    size = num_rows * width
     if size == 0:
         return log_g
     buffer = min(buffer, size)
+    d, log_g, done = (x.ravel() for x in (d, log_g, done))
 
     def pending(state):
         _, _, done = state
         return jnp.any(~done)
 
     def one_pass(state):
-        i, log_g, done = state
+        tried, log_g, done = state
         (idx,) = jnp.nonzero(~done, size=buffer, fill_value=size)  # size: a dropped slot
-        fresh, accepted = _first_accepted(
-            jax.random.fold_in(key, i),
-            d.at[idx].get(mode="clip"),
-            c.at[idx].get(mode="clip"),
-            _LOOP_TRIES,
-        )
+        safe = jnp.minimum(idx, size - 1)
+        lane = (safe % width).astype(jnp.uint32)
+        fresh, accepted = jax.vmap(
+            lambda kd, lane, n, d: _tries(kd, lane[None], first + n, d[None], _LOOP_TRIES)
+        )(kds[safe // width], lane, tried[safe], d[safe])
         # An unaccepted try's value is written too: its element stays pending, so a later
         # pass overwrites it.
-        log_g = log_g.at[idx].set(fresh, mode="drop")
-        return i + 1, log_g, done.at[idx].set(accepted, mode="drop")
+        log_g = log_g.at[idx].set(fresh[:, 0], mode="drop")
+        tried = tried.at[idx].add(_LOOP_TRIES, mode="drop")
+        return tried, log_g, done.at[idx].set(accepted[:, 0], mode="drop")
 
-    _, log_g, _ = lax.while_loop(pending, one_pass, (jnp.uint32(0), log_g, done))
-    return log_g
+    start = (jnp.zeros(size, jnp.uint32), log_g, done)
+    _, log_g, _ = lax.while_loop(pending, one_pass, start)
+    return log_g.reshape(num_rows, width)
 
 
 def log_gamma(
@@ -320,13 +355,15 @@ def log_gamma(
     alpha`` in log space, so that tiny shapes do not underflow.
 
     ``jax.random.loggamma`` runs one rejection loop per element, splitting keys in it.
-    Here every element gets ``tries`` tries at once (one call for the normals, one for the
-    uniforms) and keeps its first accepted one. A try is accepted with probability above
+    Here every element gets ``tries`` tries at once (one Threefry call gives every try
+    its normal and its uniform, counter-based as in :func:`random_words`) and keeps its
+    first accepted one. A try is accepted with probability above
     0.95 for any shape, so after ``tries`` tries fewer than ``size / 20**tries`` elements
     are pending; a ``lax.while_loop`` gathers them into a buffer of ``4 + size //
     16**tries`` slots and draws fresh tries for them, pass after pass, until every element
     is accepted. No element is ever returned unaccepted. Each element's tries are
     independent, so the draws are exact; the bits differ from ``jax.random.loggamma``'s.
+    The program holds three Threefry calls, which keeps its compilation short.
     Under ``jax.vmap`` over keys, each key gives the draws it gives alone.
 
     Args:
@@ -356,27 +393,62 @@ def log_gamma(
         G. Marsaglia and W. W. Tsang, "A simple method for generating gamma variables",
         ACM Transactions on Mathematical Software 26 (2000), 363-372.
     """
+    key = as_typed_key(key)
+    return log_gamma_rows(key[None], jnp.asarray(alpha)[None], dtype, tries=tries)[0]
+
+
+def log_gamma_rows(
+    keys: Key[Array, " rows"],
+    alpha: Real[ArrayLike, " rows *shape"],
+    dtype=None,
+    *,
+    tries: int = 1,
+) -> Float[Array, " rows *shape"]:
+    """:func:`log_gamma` for a batch of keys, one per row of ``alpha``: row ``i`` gets
+    exactly ``log_gamma(keys[i], alpha[i])``.
+
+    Unlike ``jax.vmap(log_gamma)``, the rows share one rejection loop whose buffer holds
+    the pending elements of every row, so a batch of many small rows costs one small loop
+    and compiles to a small program.
+
+    Args:
+        keys: ``(rows,)`` typed PRNG keys.
+        alpha: ``(rows, *shape)`` shapes (see :func:`log_gamma`).
+        dtype, tries: as for :func:`log_gamma`.
+
+    Returns:
+        ``(rows, *shape)`` draws of ``log G``.
+
+    Raises:
+        ValueError: if ``tries < 1`` or ``keys`` and ``alpha`` disagree on the rows.
+        TypeError: if ``dtype`` is not a float dtype.
+    """
     if tries < 1:
         raise ValueError(f"`log_gamma(tries=...)` must be at least 1; got {tries}")
-    key = as_typed_key(key)
     alpha = jnp.asarray(alpha)
+    if keys.ndim != 1 or alpha.ndim < 1 or alpha.shape[0] != keys.shape[0]:
+        raise ValueError(
+            f"`log_gamma_rows` needs one key per row of `alpha`; got keys of shape "
+            f"{keys.shape} and `alpha` of shape {alpha.shape}"
+        )
     if dtype is None:
         floating = jnp.issubdtype(alpha.dtype, jnp.floating)
         dtype = alpha.dtype if floating else jax.dtypes.canonicalize_dtype(float)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"`log_gamma(dtype=...)` must be a float dtype; got {dtype}")
     shape = alpha.shape
-    given = alpha.astype(dtype).ravel()
+    given = alpha.astype(dtype).reshape(shape[0], -1)
     valid = (given > 0) & jnp.isfinite(given)
     small = given < 1
     alpha = jnp.where(valid, given, 1)  # dummy shape, marked done below so the loop ends
     d = jnp.where(small, alpha + 1, alpha) - 1 / 3
-    c = lax.rsqrt(9 * d)
-    k_first, k_more, k_boost = jax.random.split(key, 3)
-    log_g, accepted = _first_accepted(k_first, d, c, tries)
-    buffer = 4 + (alpha.shape[0] >> (4 * tries))
-    log_g = _finish(k_more, d, c, log_g, accepted | ~valid, buffer)
-    u = 1 - jax.random.uniform(k_boost, alpha.shape, dtype)
+    kd = jax.vmap(key_data)(keys)  # (rows, 2) Threefry words
+    lane = jnp.arange(d.shape[1], dtype=jnp.uint32)
+    log_g, accepted = jax.vmap(lambda kd, d: _tries(kd, lane, 0, d, tries))(kd, d)
+    log_g = _finish(kd, d, log_g, accepted | ~valid, tries, 4 + (alpha.size >> (4 * tries)))
+    # The boost's uniform: a counter that the tries never reach.
+    boost = jax.vmap(lambda kd: random_words(kd, lane, _BOOST_COUNTER)[0])(kd)
+    u = 1 - to_unit(boost, dtype)
     log_g = jnp.where(small, log_g + jnp.log(u) / alpha, log_g)
     invalid = jnp.where(given == 0, -jnp.inf, jnp.nan)  # Gamma(0) is the point mass at 0
     return jnp.where(valid, log_g, invalid).reshape(shape)

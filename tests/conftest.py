@@ -36,3 +36,13 @@ def cifar10h_counts():
     import numpy as np
 
     return np.load(CIFAR10H_COUNTS)
+
+
+@pytest.fixture
+def no_typecheck():
+    """Let invalid arguments reach the library's own checks (tests type-check calls)."""
+    import jaxtyping
+
+    jaxtyping.config.update("jaxtyping_disable", True)
+    yield
+    jaxtyping.config.update("jaxtyping_disable", False)

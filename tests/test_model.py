@@ -1,6 +1,7 @@
 """Bayesian model: exactness of the collapsed likelihood, recovery, SVI against the exact
 path, identifiability, predictive checks, annotators, planning and bad input."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,11 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import ALPHA as ALPHA_TEST
 from scipy import integrate, stats
 
 import cleverjax as cj
 from cleverjax.bayes import data as bdata
-from cleverjax.bayes import fitting, likelihood, model, optimize
+from cleverjax.bayes import fitting, likelihood, model, optimize, posterior
 
 # Short fits in these tests may stop at max_steps; convergence is asserted where it matters.
 pytestmark = pytest.mark.filterwarnings("ignore::cleverjax.ConvergenceWarning")
@@ -49,12 +51,21 @@ def _likelihood(p, uniform=False):
     return _multinomial_pmf(COUNTS, p_b) * _multinomial_pmf(UNBIASED, p)
 
 
+def _dirichlet_pdf(p):
+    """Dirichlet(ALPHA) density (scipy's, without its per-call checks: quadrature calls it
+    thousands of times)."""
+    from scipy.special import gammaln
+
+    log_norm = gammaln(ALPHA.sum()) - gammaln(ALPHA).sum()
+    return np.exp(log_norm + np.sum((ALPHA - 1) * np.log(p)))
+
+
 def _brute_force(weight_fn, uniform=False):
     def integrand(y, x):
         p = np.array([x, y, 1 - x - y])
         if p.min() <= 0:
             return 0.0
-        return weight_fn(p) * _likelihood(p, uniform) * stats.dirichlet.pdf(p, ALPHA)
+        return weight_fn(p) * _likelihood(p, uniform) * _dirichlet_pdf(p)
 
     return integrate.dblquad(integrand, 0, 1, 0, lambda x: 1 - x, epsabs=1e-14)[0]
 
@@ -227,6 +238,74 @@ def test_spike_components_are_exact():
     np.testing.assert_allclose(
         likelihood.log_likelihood(data0, prior, log_w0)[0], np.log(want), rtol=1e-5
     )
+
+
+def _draw_moments(prior, num_draws=20_000):
+    """Means of p and p^2 over exact posterior draws of the test row, with their standard
+    errors."""
+    data, _, log_w = _one_row(0)
+    rows = likelihood.row_part(data, prior)
+    t = likelihood.t_part(data.table, prior, log_w)
+    keys = jax.random.split(jax.random.key(40), 1)
+    draws = jax.jit(posterior.sample_p_rows, static_argnums=5)(
+        keys, data, prior, rows, t, num_draws
+    )
+    draws = np.asarray(draws[0], np.float64)  # (draws, classes)
+    values = np.concatenate([draws, draws**2], axis=1)
+    return values.mean(0), values.std(0) / np.sqrt(num_draws)
+
+
+def test_posterior_draws_have_the_exact_moments():
+    """Means of p_k and p_k^2 over the sampler's draws against numerical integration
+    (z-scores, Bonferroni over the six moments); the control samples under a prior with
+    concentrations 1.5x too large, which the test must reject."""
+    norm = _brute_force(lambda p: 1.0)
+    exact = np.array(
+        [_brute_force(lambda p, k=k, e=e: p[k] ** e) / norm for e in (1, 2) for k in range(3)]
+    )
+    limit = stats.norm.isf(ALPHA_TEST / 2 / exact.size)
+    _, prior, _ = _one_row(0)
+    mean, se = _draw_moments(prior)
+    assert np.all(np.abs(mean - exact) / se < limit), (mean, exact, se)
+    wrong = dataclasses.replace(prior, concentration=prior.concentration * 1.5)
+    mean, se = _draw_moments(wrong)
+    assert np.any(np.abs(mean - exact) / se > limit)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 208])
+def test_sorting_network_and_intervals_match_numpy(n):
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(7, n, 3)).astype(np.float32)
+    x[0, : n // 2] = 0.25  # ties
+    got = jax.jit(posterior.sort_last)(jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(got), np.sort(x, axis=-1))
+    lower, upper = jax.jit(posterior.equal_tailed, static_argnums=(1, 2))(jnp.asarray(x), 0.9, 1)
+    want = np.quantile(x.astype(np.float64), [0.05, 0.95], axis=1)
+    np.testing.assert_allclose(np.asarray(lower), want[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(upper), want[1], rtol=1e-5, atol=1e-6)
+    x[1, 0] = np.inf  # the padding is +inf too
+    np.testing.assert_array_equal(np.asarray(posterior.sort_last(jnp.asarray(x))), np.sort(x, -1))
+
+
+def test_row_draws_do_not_depend_on_the_batch():
+    """Each row's draws are those of its key alone, whichever rows are drawn with it."""
+    counts = np.array([[2, 5, 1], [0, 9, 0], [4, 1, 3]])
+    data, _ = bdata.compress(np.array([1, 1, 0]), counts, np.zeros_like(counts), np.zeros(3, bool))
+    _, prior, _ = _one_row(0)
+    log_w = likelihood.log_weights_counts(
+        data.table.c, data.table.n, jnp.asarray(DELTA), jnp.asarray(OMEGA), 10
+    )
+    rows = likelihood.row_part(data, prior)
+    t = likelihood.t_part(data.table, prior, log_w)
+    keys = jax.random.split(jax.random.key(41), data.num_rows)
+    draw = jax.jit(posterior.sample_p_rows, static_argnums=5)
+    together = np.asarray(draw(keys, data, prior, rows, t, 50))
+    for i in range(data.num_rows):
+        sel = jnp.array([i])
+        alone = draw(
+            keys[sel], data.take(sel), prior, likelihood.RowPart(*(x[sel] for x in rows)), t, 50
+        )
+        np.testing.assert_array_equal(np.asarray(alone)[0], together[i])
 
 
 def test_annotator_polynomial_equals_count_polynomial_for_equal_deltas():

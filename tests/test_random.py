@@ -9,7 +9,7 @@ import pytest
 from helpers import ALPHA, log_gamma_cdf
 from scipy import stats
 
-from cleverjax._random import _finish, log_gamma
+from cleverjax._random import _finish, log_gamma, log_gamma_rows
 
 SHAPES = (1e-3, 0.3, 1.0, 2.5, 50.0, 1e4)
 N = 20_000
@@ -51,9 +51,10 @@ def test_loop_alone_is_exact(shape):
     N // 16 slots that takes at least 16 passes, with elements waiting for later ones."""
 
     def through_loop(key, boosted):
-        d = boosted - 1 / 3
+        d = (boosted - 1 / 3)[None]
         nothing_done = jnp.zeros(d.shape, bool)
-        return _finish(key, d, jax.lax.rsqrt(9 * d), jnp.zeros_like(d), nothing_done, 4 + N // 16)
+        kd = jax.random.key_data(key)[None]
+        return _finish(kd, d, jnp.zeros_like(d), nothing_done, 0, 4 + N // 16)[0]
 
     run = jax.jit(through_loop)
     key = jax.random.key(21)
@@ -85,6 +86,11 @@ def test_log_gamma_vmap_jit_and_key_contract():
     np.testing.assert_allclose(np.asarray(batched), stacked, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(log_gamma(keys[0], alpha[0])), stacked[0], rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(one(keys[0], alpha[0])), stacked[0])
+    # Rows batched in one loop give each row what its key gives alone; a row's draws do
+    # not depend on the rows beside it.
+    rows = jax.jit(log_gamma_rows)
+    np.testing.assert_array_equal(np.asarray(rows(keys, alpha)), stacked)
+    np.testing.assert_array_equal(np.asarray(rows(keys[2:4], alpha[2:4])), stacked[2:4])
     legacy = jax.random.key_data(keys[1])
     np.testing.assert_array_equal(np.asarray(one(legacy, alpha[1])), stacked[1])
 
@@ -113,6 +119,11 @@ def test_log_gamma_shapes_and_dtypes(alpha, dtype, expected):
 def test_log_gamma_rejects_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         log_gamma(jax.random.key(0), jnp.ones(3), **kwargs)
+
+
+def test_log_gamma_rows_needs_a_key_per_row(no_typecheck):
+    with pytest.raises(ValueError, match="one key per row"):
+        log_gamma_rows(jax.random.split(jax.random.key(0), 2), jnp.ones((3, 4)))
 
 
 def test_log_gamma_rejects_a_batch_of_keys():

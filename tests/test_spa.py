@@ -571,16 +571,6 @@ def test_bad_input_names_the_argument(change, match, fn):
         f(jax.random.key(0), args.pop("p"), args.pop("proposals"), **args)
 
 
-@pytest.fixture
-def no_typecheck():
-    """Let invalid option strings reach the library's own checks (tests type-check calls)."""
-    import jaxtyping
-
-    jaxtyping.config.update("jaxtyping_disable", True)
-    yield
-    jaxtyping.config.update("jaxtyping_disable", False)
-
-
 def test_bad_options(no_typecheck):
     args = good_args()
     p, rho = args.pop("p"), args.pop("proposals")

@@ -37,7 +37,7 @@ from .likelihood import (
 )
 from .model import ModelConfig, prior_from_params, spa_model
 from .optimize import default_adam, run_svi
-from .posterior import sample_p
+from .posterior import equal_tailed, sample_p
 
 
 class AnnotatorFit(NamedTuple):
@@ -166,8 +166,7 @@ def _annotator_summaries(
     keys = jax.random.split(key, worker_deltas.shape[0])
     means, draws = jax.lax.map(per_draw, (worker_deltas, keys))
     draws = draws.reshape(-1, *draws.shape[2:])
-    tail = (1 - level) / 2
-    lower, upper = jnp.quantile(draws, jnp.array([tail, 1 - tail]), axis=0)
+    lower, upper = equal_tailed(draws, level, axis=0)
     return jnp.mean(means, axis=0), lower, upper
 
 
