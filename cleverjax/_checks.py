@@ -191,6 +191,14 @@ def positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def non_negative_int(name: str, value: Any) -> int:
+    """A Python or NumPy integer ``>= 0`` (not a bool), as ``int``."""
+    integer = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not integer or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative int; got {value!r}")
+    return int(value)
+
+
 def as_path(name: str, path: Any) -> Path:
     """A ``str`` or :class:`os.PathLike` as a :class:`~pathlib.Path`."""
     if not isinstance(path, (str, os.PathLike)):

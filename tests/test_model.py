@@ -392,6 +392,23 @@ def test_fit_result_shapes_and_label_quality(fitted):
     assert agree > 0.9
 
 
+def test_fit_without_intervals_gives_the_same_labels_and_delta(fitted):
+    p, rho, biased, unbiased, res = fitted
+    quick = cj.fit(
+        jax.random.key(2),
+        biased,
+        rho,
+        unbiased_counts=unbiased,
+        delta_from="all",
+        num_ppc_replicates=30,
+        num_interval_draws=0,
+    )
+    assert quick.lower is None and quick.upper is None
+    assert quick.delta == res.delta and quick.delta_interval == res.delta_interval
+    np.testing.assert_array_equal(np.asarray(quick.posterior_mean), np.asarray(res.posterior_mean))
+    assert quick.ppc.p_value == res.ppc.p_value
+
+
 def test_svi_agrees_with_the_exact_collapsed_posterior(fitted):
     p, rho, biased, unbiased, res = fitted
     exact = cj.exact_delta_posterior(
@@ -719,6 +736,10 @@ def test_data_parallel_fit_matches_single_device():
         ),
         (dict(counts=[[1, 1]], proposals=[0], one_star=1.5), r"`one_star` must lie in"),
         (dict(counts=[[1, 1]], proposals=[0], level=1.5), r"`level` must lie in"),
+        (
+            dict(counts=[[1, 1]], proposals=[0], num_interval_draws=-1),
+            r"`num_interval_draws` must be a non-negative int; got -1",
+        ),
         (dict(counts=[[1, 1]], proposals=[0], probe=[True, False]), r"`probe` must have shape"),
     ],
 )

@@ -97,8 +97,9 @@ class FitResult(NamedTuple):
         one_star_interval: its credible interval (both ends equal when fixed).
         posterior_mean: ``(images, classes)`` posterior mean of every image's label
             distribution: the repaired labels (averaged over the posterior of delta).
-        lower: ``(images, classes)`` lower end of each per-image credible interval.
-        upper: ``(images, classes)`` upper end.
+        lower: ``(images, classes)`` lower end of each per-image credible interval
+            (``None`` with ``num_interval_draws=0``).
+        upper: ``(images, classes)`` upper end (``None`` with ``num_interval_draws=0``).
         level: credible level of the intervals (default 0.9).
         losses: ``(steps,)`` the objective (negative ELBO) after every optimiser step
             (every L-BFGS evaluation, rounds one after the other).
@@ -134,8 +135,8 @@ class FitResult(NamedTuple):
     one_star: float
     one_star_interval: tuple[float, float]
     posterior_mean: Float[Array, "images classes"]
-    lower: Float[Array, "images classes"]
-    upper: Float[Array, "images classes"]
+    lower: Float[Array, "images classes"] | None
+    upper: Float[Array, "images classes"] | None
     level: float
     losses: Float[Array, " steps"]
     converged: bool
@@ -472,12 +473,12 @@ def _summarise(key, prep: Prepared, prior, deltas, stars, level, per_delta, devs
             key_impl=impl,
         )
         out = local_arrays(tuple(out))  # several processes: gathered
-        outs.append(tuple(x[: len(lev.rows)] for x in out))
+        outs.append(tuple(None if x is None else x[: len(lev.rows)] for x in out))
         order.append(lev.rows)
     if len(outs) == 1:
         return outs[0]
     back = jnp.asarray(np.argsort(np.concatenate(order)))
-    return tuple(jnp.concatenate(parts)[back] for parts in zip(*outs))
+    return tuple(None if parts[0] is None else jnp.concatenate(parts)[back] for parts in zip(*outs))
 
 
 def _interval(draws: Array, level: float) -> tuple[float, float]:
@@ -584,7 +585,9 @@ def fit(
         level: keyword-only; credible level of the intervals.
         num_draws: keyword-only; draws of the globals the posterior mean averages over.
         num_interval_draws: keyword-only; posterior draws per image for the intervals,
-            rounded up to a multiple of ``num_draws``.
+            rounded up to a multiple of ``num_draws``; 0: no per-image intervals
+            (``lower`` and ``upper`` are ``None``), the faster path when only the
+            repaired labels and delta are wanted.
         num_ppc_replicates: keyword-only; replicated acceptance rates drawn for the
             predictive check (0 to skip the check). The check itself uses every image's
             exact predictive moments (see :class:`cleverjax.PosteriorPredictive`).
@@ -645,11 +648,12 @@ def fit(
         max_steps = 20000 if first_order else 500
     if tolerance is None:
         tolerance = 1e-4 if first_order else 1e-5
+    _checks.non_negative_int("num_interval_draws", num_interval_draws)
+    _checks.non_negative_int("num_ppc_replicates", num_ppc_replicates)
     _check_positive_ints(
         num_components=num_components,
         max_steps=max_steps,
         num_draws=num_draws,
-        num_interval_draws=num_interval_draws,
         num_samples=num_samples,
         **({} if prior_images is None else {"prior_images": prior_images}),
     )
@@ -725,7 +729,7 @@ def fit(
     per_delta = -(-int(num_interval_draws) // int(num_draws))
     out = _summarise(k_int, prep, prior, deltas, stars, float(level), per_delta, devs)
     rows = jnp.asarray(prep.inverse)
-    mean, lower, upper = (x[rows] for x in out[:3])
+    mean, lower, upper = (None if x is None else x[rows] for x in out[:3])
     posterior_mean = jax.block_until_ready(mean)
     summaries_s = lap()
 

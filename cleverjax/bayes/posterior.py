@@ -265,8 +265,8 @@ class Summaries(NamedTuple):
     globals."""
 
     mean: Float[Array, "rows classes"]
-    lower: Float[Array, "rows classes"]
-    upper: Float[Array, "rows classes"]
+    lower: Float[Array, "rows classes"] | None
+    upper: Float[Array, "rows classes"] | None
     accepted_mean: Float[Array, "rows draws"]
     accepted_var: Float[Array, "rows draws"]
 
@@ -303,7 +303,8 @@ def summaries(
     key_impl: str = "threefry2x32",
 ) -> Summaries:
     """Posterior mean of p (averaged over the draws of the globals) and equal-tailed
-    credible intervals from ``per_delta`` exact draws per draw of the globals.
+    credible intervals from ``per_delta`` exact draws per draw of the globals (none, and
+    ``lower`` and ``upper`` ``None``, when ``per_delta`` is 0).
 
     The weights ``W_s`` are computed once per delta draw and the delta-free part once per
     row, and the predictive moments of the acceptance counts come from the same pass.
@@ -330,16 +331,20 @@ def summaries(
             first, second = entry_moments_t(block.table, prior, t)
             mean = posterior_mean_given(block, rows, t, first, resp)
             acc = accepted_moments(block, resp, first, second, delta, star)
+            if not per_delta:  # no intervals asked for
+                return mean, acc, None
             keys = jax.vmap(lambda i: jax.random.fold_in(k, i))(ids)
             return mean, acc, sample_p_rows(keys, block, prior, rows, t, per_delta)
 
         keys = jax.random.split(base, log_ws.shape[0])
         means, acc, draws = jax.lax.map(per_draw, (log_ws, keys, deltas, stars))
-        draws = jnp.moveaxis(draws, 0, 1).reshape(block.num_rows, -1, num_classes)
-        lower, upper = equal_tailed(draws, level, axis=1)
+        lower = upper = None
+        if per_delta:
+            draws = jnp.moveaxis(draws, 0, 1).reshape(block.num_rows, -1, num_classes)
+            lower, upper = equal_tailed(draws, level, axis=1)
         return Summaries(jnp.mean(means, axis=0), lower, upper, acc[0].T, acc[1].T)
 
-    per_row = deltas.shape[0] * per_delta * num_classes
+    per_row = deltas.shape[0] * max(per_delta, 1) * num_classes
     shared = deltas.shape[0] * data.table.num_entries * prior.weights.shape[1] * num_terms
     return map_rows(
         block_fn,

@@ -169,8 +169,14 @@ def _fit_row(study: Study, cell: Cell, p: Array, data: _Data) -> dict[str, Any]:
         cell.calibration_images,
         cell.calibration_annotations,
     )
-    # Simulated under SPA: the predictive check and the model checks have nothing to find.
-    options = {"num_ppc_replicates": 0, "check_model": False, **study.options.get("Bayes", {})}
+    # Simulated under SPA: the predictive check and the model checks have nothing to find;
+    # the table holds no per-image intervals, so none are drawn.
+    options = {
+        "num_ppc_replicates": 0,
+        "check_model": False,
+        "num_interval_draws": 0,
+        **study.options.get("Bayes", {}),
+    }
     # Convergence is recorded in the table instead of warned about once per cell.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", cleverjax.ConvergenceWarning)
