@@ -348,18 +348,23 @@ def campaign(seed, *, n=1500, delta=0.3, num_annotations=10, calibration=150, pr
     return p, rho, biased, unbiased
 
 
-@pytest.fixture(scope="module")
-def fitted():
-    p, rho, biased, unbiased = campaign(1)
-    res = cj.fit(
+def _fit_campaign(biased, rho, unbiased, **options):
+    """The fit of the ``fitted`` fixture, with ``options`` on top."""
+    return cj.fit(
         jax.random.key(2),
         biased,
         rho,
         unbiased_counts=unbiased,
         delta_from="all",
         num_ppc_replicates=30,
+        **options,
     )
-    return p, rho, biased, unbiased, res
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    p, rho, biased, unbiased = campaign(1)
+    return p, rho, biased, unbiased, _fit_campaign(biased, rho, unbiased)
 
 
 def test_fit_recovers_delta_within_its_posterior_spread(fitted):
@@ -394,15 +399,7 @@ def test_fit_result_shapes_and_label_quality(fitted):
 
 def test_fit_without_intervals_gives_the_same_labels_and_delta(fitted):
     p, rho, biased, unbiased, res = fitted
-    quick = cj.fit(
-        jax.random.key(2),
-        biased,
-        rho,
-        unbiased_counts=unbiased,
-        delta_from="all",
-        num_ppc_replicates=30,
-        num_interval_draws=0,
-    )
+    quick = _fit_campaign(biased, rho, unbiased, num_interval_draws=0)
     assert quick.lower is None and quick.upper is None
     assert quick.delta == res.delta and quick.delta_interval == res.delta_interval
     np.testing.assert_array_equal(np.asarray(quick.posterior_mean), np.asarray(res.posterior_mean))
