@@ -299,13 +299,14 @@ def test_row_draws_do_not_depend_on_the_batch():
     t = likelihood.t_part(data.table, prior, log_w)
     keys = jax.random.split(jax.random.key(41), data.num_rows)
     draw = jax.jit(posterior.sample_p_rows, static_argnums=5)
+    single = jax.jit(posterior.sample_p, static_argnums=5)
     together = np.asarray(draw(keys, data, prior, rows, t, 50))
     for i in range(data.num_rows):
         sel = jnp.array([i])
-        alone = draw(
-            keys[sel], data.take(sel), prior, likelihood.RowPart(*(x[sel] for x in rows)), t, 50
-        )
-        np.testing.assert_array_equal(np.asarray(alone)[0], together[i])
+        args = (data.take(sel), prior, likelihood.RowPart(*(x[sel] for x in rows)), t, 50)
+        np.testing.assert_array_equal(np.asarray(draw(keys[sel], *args))[0], together[i])
+        # ... and what the one-key sampler gives that row alone.
+        np.testing.assert_array_equal(np.asarray(single(keys[i], *args))[:, 0], together[i])
 
 
 def test_annotator_polynomial_equals_count_polynomial_for_equal_deltas():
