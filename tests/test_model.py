@@ -368,6 +368,33 @@ def fitted():
     return p, rho, biased, unbiased, _fit_campaign(biased, rho, unbiased)
 
 
+def test_cut_rounds_short_of_their_fixed_point_warn(monkeypatch):
+    """One round of the cut cannot reach the fixed point from the starting delta: the fit
+    says so. The control, with the default rounds on the same data, converges quietly."""
+    p, rho, biased, unbiased = campaign(3, n=400, calibration=100)
+
+    def run():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", cj.ConvergenceWarning)
+            res = cj.fit(
+                jax.random.key(4),
+                biased,
+                rho,
+                unbiased_counts=unbiased,
+                num_interval_draws=0,
+                num_ppc_replicates=0,
+                check_model=False,
+            )
+        return res, [w for w in caught if issubclass(w.category, cj.ConvergenceWarning)]
+
+    res, caught = run()
+    assert res.converged and not caught
+    monkeypatch.setattr(fitting, "MAX_CUT_ROUNDS", 1)
+    res, caught = run()
+    assert not res.converged
+    assert len(caught) == 1 and "not at its fixed point" in str(caught[0].message)
+
+
 def test_fit_recovers_delta_within_its_posterior_spread(fitted):
     p, rho, biased, unbiased, res = fitted
     sd = float(np.std(np.asarray(res.delta_samples)))
