@@ -108,7 +108,8 @@ def calibration_images_to_fill(
 
 
 # ----------------------------------------------------------------------------------
-# Core maths (batched over leading dimensions)
+# Core maths (batched over leading dimensions); jitted, so that each is one small
+# program rather than a dozen operations run (and compiled) one by one
 # ----------------------------------------------------------------------------------
 
 
@@ -117,6 +118,7 @@ def _onehot(index: Array, num_classes: int, dtype) -> Array:
     return (index[..., None].astype(jnp.int32) == classes).astype(dtype)
 
 
+@jax.jit
 def _bias_correction(counts: Array, rho: Array, delta, one_star) -> Array:
     dtype = jnp.result_type(float)
     num_classes = counts.shape[-1]
@@ -132,11 +134,13 @@ def _bias_correction(counts: Array, rho: Array, delta, one_star) -> Array:
     return jnp.where((total > 0)[..., None], est, uniform)
 
 
+@jax.jit
 def _class_blending(estimate: Array, class_matrix: Array, mu) -> Array:
     row = class_matrix[jnp.argmax(estimate, axis=-1)]
     return mu * estimate + (1 - mu) * row
 
 
+@jax.jit
 def _cleverlabel(counts, rho, class_matrix, delta, one_star, mu, initial):
     """BC then CB. With ``initial`` unbiased counts (n0 per image), the data part is
     ``N/(N+n0) * BC + n0/(N+n0) * soft(initial)``; CB uses the row of argmax(BC), or of
@@ -159,6 +163,7 @@ def _cleverlabel(counts, rho, class_matrix, delta, one_star, mu, initial):
     return weight[..., None] * data + (1 - weight)[..., None] * row
 
 
+@jax.jit
 def _soft(counts: Array) -> Array:
     dtype = jnp.result_type(float)
     c = counts.astype(dtype)

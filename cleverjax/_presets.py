@@ -16,7 +16,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _checks
-from ._random import as_typed_key
+from ._random import as_typed_key, categorical
 
 
 class Preset(NamedTuple):
@@ -301,9 +301,7 @@ def sample_ground_truth(
     p = jax.random.dirichlet(k_p, alpha, dtype=dtype)
     if annotations_per_image is None:
         return p
-    draws = jax.random.categorical(
-        k_ann, jnp.log(p), axis=-1, shape=(int(annotations_per_image), int(n))
-    )
+    draws = categorical(k_ann, jnp.log(p), shape=(int(annotations_per_image),))
     counts = jnp.sum(
         draws[..., None].astype(jnp.int32)
         == jnp.arange(info.num_classes, dtype=jnp.int32)[None, None, :],

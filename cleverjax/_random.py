@@ -245,6 +245,15 @@ def flat_draw(sample, key: PRNGKeyArray, shape: tuple[int, ...], dtype) -> Array
     return sample(key, (math.prod(shape),), dtype).reshape(shape)
 
 
+def categorical(key: PRNGKeyArray, logits: Array, shape: tuple[int, ...] = ()) -> Array:
+    """``jax.random.categorical(key, logits, axis=-1, shape=(*shape, *batch))``, the same
+    draws (Gumbel-max over the last axis), from one flat vector of Gumbel variables (see
+    :func:`flat_draw`): a multi-dimensional draw of them compiles several times slower."""
+    full = (*shape, *logits.shape)
+    gumbel = flat_draw(jax.random.gumbel, key, full, logits.dtype)
+    return jnp.argmax(gumbel + logits.reshape((1,) * len(shape) + logits.shape), axis=-1)
+
+
 def to_normal(bits: UInt32[Array, "*s"], dtype) -> Float[Array, "*s"]:
     """Standard normal from 32 random bits by inversion, as ``jax.random.normal`` does: a
     uniform on a grid symmetric in (-1, 1), through ``sqrt(2) erfinv``."""

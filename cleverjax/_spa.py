@@ -35,7 +35,16 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from . import _checks
 from ._checks import ArrayIn
-from ._random import KeyData, binomial, fold, key_data, multinomial, random_words, to_unit
+from ._random import (
+    KeyData,
+    binomial,
+    categorical,
+    fold,
+    key_data,
+    multinomial,
+    random_words,
+    to_unit,
+)
 
 OnCertain = Literal["uniform", "lowest"]
 """What a rejection picks when ``p[rho] = 1``: ``"uniform"`` over the other classes
@@ -817,7 +826,7 @@ def propose(
     if mistakes == "ground_truth":
         mass = jnp.where(is_best, 0, p)
         weights = jnp.where(jnp.sum(mass, axis=1, keepdims=True) > 0, mass, weights)
-    wrong = jax.random.categorical(k_wrong, jnp.log(weights), axis=1).astype(jnp.int32)
+    wrong = categorical(k_wrong, jnp.log(weights)).astype(jnp.int32)
     return jnp.where(right, best, wrong)
 
 
