@@ -22,6 +22,7 @@ from .fitting import (
     _check_beta_prior,
     _identification,
     _interval,
+    _intervals,
     _prior_draws,
     _warn_identification,
     initial_prior,
@@ -317,12 +318,11 @@ def fit_annotators(
         level=float(level),
         per_delta=-(-int(num_interval_draws) // int(num_draws)),
     )
-    tail = (1 - level) / 2
     return AnnotatorFit(
         delta=float(jnp.mean(deltas)),
         delta_interval=_interval(deltas, level),
         annotator_delta=jnp.mean(worker_deltas, axis=0),
-        annotator_interval=jnp.quantile(worker_deltas, jnp.array([tail, 1 - tail]), axis=0).T,
+        annotator_interval=jnp.asarray(_intervals(worker_deltas, level), worker_deltas.dtype),
         spread=float(jnp.mean(draws["spread"])),
         workers=tuple(table.workers),
         tasks=tuple(table.tasks),

@@ -141,7 +141,7 @@ MIN_SCORED_IMAGES = 10
 """Calibration images (with both kinds of annotations) below which the comparisons
 refuse to choose."""
 
-_FOLD_SETTINGS = dict(num_draws=1, num_interval_draws=1, num_ppc_replicates=0, check_model=False)
+_FOLD_SETTINGS = dict(num_draws=1, num_interval_draws=0, num_ppc_replicates=0, check_model=False)
 """A fold's fit needs the prior and the draws of the globals, not the images' summaries."""
 
 _VARIANT_OPTIONS = ("rejection", "delta_by_class")
@@ -205,10 +205,7 @@ def compare_models(
         raise ValueError(f"pass {clash} in the `variants`, not as options of every fit")
     if not (isinstance(folds, int) and folds >= 2):
         raise ValueError(f"`folds` must be an int >= 2; got {folds!r}")
-    if not (isinstance(num_predictive_draws, int) and num_predictive_draws >= 1):
-        raise ValueError(
-            f"`num_predictive_draws` must be a positive int; got {num_predictive_draws!r}"
-        )
+    _checks.positive_int("num_predictive_draws", num_predictive_draws)
     probe = fit_options.pop("probe", None)
     prep = prepare(counts, proposals, unbiased_counts, probe)
     scored = np.flatnonzero((prep.counts.sum(axis=1) > 0) & (prep.unbiased.sum(axis=1) > 0))

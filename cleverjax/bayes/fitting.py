@@ -497,9 +497,16 @@ def _summarise(key, prep: Prepared, prior, deltas, stars, level, per_delta, devs
     return tuple(None if parts[0] is None else jnp.concatenate(parts)[back] for parts in zip(*outs))
 
 
-def _interval(draws: Array, level: float) -> tuple[float, float]:
+def _intervals(draws, level: float) -> np.ndarray:
+    """``(columns, 2)`` equal-tailed ``level`` intervals of ``(draws, columns)`` draws
+    (computed in float64)."""
     tail = (1 - level) / 2
-    lo, hi = np.quantile(np.asarray(draws, np.float64), [tail, 1 - tail])
+    return np.quantile(np.asarray(draws, np.float64), [tail, 1 - tail], axis=0).T
+
+
+def _interval(draws: Array, level: float) -> tuple[float, float]:
+    """The interval of ``(draws,)`` draws of one quantity, as Python floats."""
+    lo, hi = _intervals(np.asarray(draws)[:, None], level)[0]
     return float(lo), float(hi)
 
 
@@ -804,15 +811,9 @@ def fit(
         rejection=rejection,
         uniform_share=_uniform_share(prep, prior),
         delta_by_class=None if per_class is None else per_class.mean(axis=0),
-        delta_by_class_interval=None if per_class is None else _class_intervals(per_class, level),
+        delta_by_class_interval=None if per_class is None else _intervals(per_class, level),
         delta_by_class_samples=per_class,
     )
-
-
-def _class_intervals(draws: np.ndarray, level: float) -> np.ndarray:
-    """``(classes, 2)`` equal-tailed intervals of per-class draws ``(draws, classes)``."""
-    tail = (1 - level) / 2
-    return np.quantile(draws, [tail, 1 - tail], axis=0).T
 
 
 def _uniform_share(prep: Prepared, prior: Prior) -> float:

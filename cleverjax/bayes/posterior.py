@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Float
 
-from .._random import flat_draw, log_gamma, log_gamma_rows
+from .._random import categorical, flat_draw, log_gamma, log_gamma_rows
 from .data import SPAData, numpy_rng
 from .likelihood import (
     Prior,
@@ -109,9 +109,7 @@ def _gamma_shapes(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num
     k_z, k_s = jax.random.split(key)
     dtype = t.log_mix.dtype
     num_classes = data.counts.shape[1]
-    log_marg = log_marginal(data, rows, t)  # (rows, components)
-    gumbel = flat_draw(jax.random.gumbel, k_z, (num_draws, *log_marg.shape), dtype)
-    z = jnp.argmax(log_marg[None] + gumbel, axis=-1)  # a component per draw (Gumbel-max)
+    z = categorical(k_z, log_marginal(data, rows, t), shape=(num_draws,))  # a component
     entry = jnp.broadcast_to(data.entry[None, :], z.shape)
     cdf = jnp.cumsum(_term_weights(t.log_mix), axis=-1)  # (entries, comps, terms)
     u = flat_draw(jax.random.uniform, k_s, z.shape, dtype) * cdf[entry, z, -1]
