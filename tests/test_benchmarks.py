@@ -22,6 +22,7 @@ EXPECTED_KEYS = {
         },
         "summary": {"cells", "cells_in_target_band", "worst_cell"},
     },
+    "fit_scale.py": {"weights": {"n100_recurrence_s", "n100_windowed_sum_s", "n100_speedup"}},
 }  # fmt: skip
 """Keys that a script's lines of a given case must carry, where a test relies on them."""
 
