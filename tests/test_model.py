@@ -967,6 +967,23 @@ def mixed_counts(seed=0, images=300, many=5, n_many=150):
     return p, rho, np.asarray(biased.at[:many].set(extra)), np.asarray(unbiased)
 
 
+def test_live_pairs_share_one_shape_across_campaigns():
+    """Campaigns whose calibration images have different numbers of distinct (c, N)
+    pairs pad them to one shape (one compiled optimiser); padding repeats real pairs."""
+    shapes, counts = set(), set()
+    for seed, calibration in ((0, 3), (1, 40), (2, 150)):
+        _, rho, biased, unbiased = campaign(seed, n=300, calibration=calibration)
+        table = bdata.prepare(biased, rho, unbiased, None).data.table
+        live = bdata.live_pairs(table, biased.shape[1])
+        pairs = {(int(c), int(n)) for c, n in zip(live.c, live.n)}
+        counts.add(len(pairs))
+        shapes.add(live.c.shape)
+        real = set(zip(np.asarray(table.pair_c).tolist(), np.asarray(table.pair_n).tolist()))
+        assert pairs <= real
+    assert len(counts) > 1  # the campaigns do differ in their distinct pairs
+    assert shapes == {(bdata.MIN_LIVE_PAIRS,)}
+
+
 def test_split_levels_partitions_rows_by_annotation_count():
     _, rho, biased, unbiased = mixed_counts()
     prep = bdata.prepare(biased, rho, unbiased, None)

@@ -130,8 +130,8 @@ class LivePairs(NamedTuple):
     Attributes:
         entry_pair: ``(entries,)`` each calibration entry's pair in ``c`` and ``n`` (0 for
             the other entries).
-        c: ``(pairs,)`` c of each pair (padded to a bucketed size; empty when no entry
-            is calibration data).
+        c: ``(pairs,)`` c of each pair (padded to a bucketed size of at least
+            ``MIN_LIVE_PAIRS``; empty when no entry is calibration data).
         n: ``(pairs,)`` N of each pair.
     """
 
@@ -148,9 +148,15 @@ def live_pairs(table: EntryTable, num_classes: int) -> LivePairs:
     used, inverse = np.unique(table.pair[cal], return_inverse=True)
     entry_pair = np.zeros(table.num_entries, np.int32)
     entry_pair[cal] = inverse.reshape(-1)
-    size = bucket(len(used)) if len(used) else 0
+    size = bucket(max(len(used), MIN_LIVE_PAIRS)) if len(used) else 0
     c, n_ = (_pad_rows(x[used], size) if size else x[:0] for x in (pair_c, pair_n))
     return LivePairs(entry_pair, c.astype(np.int32), n_.astype(np.int32))
+
+
+MIN_LIVE_PAIRS = 32
+"""Live pairs are padded to at least this many: campaigns that differ only in how many
+distinct (c, N) pairs their calibration images have (a handful, varying from seed to
+seed) then share one compiled optimiser program; 32 pairs cost next to nothing."""
 
 
 def calibrated(data: SPAData) -> Bool[Array, " rows"]:
