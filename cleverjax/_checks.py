@@ -182,21 +182,21 @@ def _fmt(v: ArrayLike) -> str:
     return f"{float(a):g}" if a.ndim == 0 else "the bound"
 
 
+def _int_at_least(name: str, value: Any, low: int, what: str) -> int:
+    integer = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not integer or value < low:
+        raise ValueError(f"`{name}` must be a {what} int; got {value!r}")
+    return int(value)
+
+
 def positive_int(name: str, value: Any) -> int:
     """A Python or NumPy integer ``>= 1`` (not a bool), as ``int``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"`{name}` must be a positive int; got {value!r}")
-    if value < 1:
-        raise ValueError(f"`{name}` must be a positive int; got {value!r}")
-    return int(value)
+    return _int_at_least(name, value, 1, "positive")
 
 
 def non_negative_int(name: str, value: Any) -> int:
     """A Python or NumPy integer ``>= 0`` (not a bool), as ``int``."""
-    integer = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    if not integer or value < 0:
-        raise ValueError(f"`{name}` must be a non-negative int; got {value!r}")
-    return int(value)
+    return _int_at_least(name, value, 0, "non-negative")
 
 
 def as_path(name: str, path: Any) -> Path:

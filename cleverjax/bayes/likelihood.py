@@ -205,7 +205,7 @@ def _one_minus(x: Array) -> tuple[Array, Array]:
     return hi, (1 - hi) - x
 
 
-def _log_sum(a: Array, a_lo: Array | float, b: Array, b_lo: Array | float = 0.0) -> Array:
+def _log_sum(a: Array, b: Array, a_lo: Array | float = 0.0, b_lo: Array | float = 0.0) -> Array:
     """``log(a + a_lo + b + b_lo)`` with the rounding of the sum compensated (TwoSum): the
     per-pair factors raise it to powers up to N, which would turn a rounding of 6e-8
     into 6e-5 nats at N = 1000."""
@@ -267,8 +267,8 @@ def _log_weights_recurrence(c_rho, n, delta, one_star, num_terms: int):
     rej = rej_hi + d_hi
     b, a = one_star / acc, delta / acc
     f, e = rej_hi / rej, (d_hi + d_lo) / rej
-    per_pair = _xlogy(c, _log_sum(one_star, 0.0, delta)) + _xlogy(
-        r, _log_sum(rej_hi, rej_lo, d_hi, d_lo)
+    per_pair = _xlogy(c, _log_sum(one_star, delta)) + _xlogy(
+        r, _log_sum(rej_hi, d_hi, rej_lo, d_lo)
     )
     # Support of I + J and the turning point of the recurrence, rounded: choices of
     # index, not differentiated.
