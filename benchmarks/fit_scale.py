@@ -67,6 +67,9 @@ TINY = {
 }
 
 
+TRUE_DELTA = 0.3
+
+
 def diverse(images: int, n: int, *, large: int = 0, seed: int = 0):
     """Diverse ground truth, proposals, biased and unbiased counts (see the module doc)."""
     import jax
@@ -82,7 +85,7 @@ def diverse(images: int, n: int, *, large: int = 0, seed: int = 0):
     num[:large] = 1000
     k_sim, k_cal = jax.random.split(jax.random.key(seed))
     biased = cj.simulate_counts(
-        k_sim, jnp.asarray(p), jnp.asarray(rho), num_annotations=jnp.asarray(num), delta=0.3
+        k_sim, jnp.asarray(p), jnp.asarray(rho), num_annotations=jnp.asarray(num), delta=TRUE_DELTA
     )
     cal = cj.calibration_sample(k_cal, jnp.asarray(p), num_images=100, num_annotations=10)
     unbiased = jnp.zeros_like(biased).at[cal.indices].set(cal.counts)
@@ -137,6 +140,7 @@ def run_case(name: str, spec: dict) -> dict:
         else None,
         delta=res.delta,
         delta_interval=list(res.delta_interval),
+        delta_covers_truth=bool(res.delta_interval[0] <= TRUE_DELTA <= res.delta_interval[1]),
         kl=kl,
         ppc_p=res.ppc.p_value if res.ppc is not None else None,
         peak_rss_gib=peak_rss_gib(),
@@ -287,7 +291,13 @@ def summary(results: dict) -> dict:
         if "fit_s" in mixed and "fit_s" in base:
             met[f"mixed_over_base{suffix}"] = mixed["fit_s"] / base["fit_s"]
     baseline = results.get("baseline", {}).get("image_steps_per_s")
-    return dict(case="summary", targets_met=met, baseline_image_steps_per_s=baseline)
+    misses = sorted(n for n, r in results.items() if r.get("delta_covers_truth") is False)
+    return dict(
+        case="summary",
+        targets_met=met,
+        delta_interval_misses=misses,
+        baseline_image_steps_per_s=baseline,
+    )
 
 
 if __name__ == "__main__":

@@ -222,7 +222,9 @@ def existing_path(path: Path, shown: str) -> Path:
     return path
 
 
-def check_shape(name: str, x: Array, shape: tuple[int | None, ...], *, hint: str = "") -> None:
+def check_shape(
+    name: str, x: Array | np.ndarray, shape: tuple[int | None, ...], *, hint: str = ""
+) -> None:
     """Check ``x.shape`` against ``shape`` (``None`` matches any size)."""
     ok = x.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, x.shape))
     if not ok:

@@ -832,6 +832,18 @@ def test_subsampled_svi_runs_and_agrees():
     assert abs(sub.delta - full.delta) <= sd
 
 
+def test_prior_subsample_keeps_every_calibration_image_and_counts_each_image_once():
+    p, rho, biased, unbiased = campaign(62, n=400, calibration=30)
+    prep = bdata.prepare(biased, rho, unbiased, None)
+    data = bdata.subsample(prep, 100, jax.random.key(0))
+    weight = np.asarray(data.weight)
+    cal = np.asarray(bdata.calibrated(data))
+    # Unit weights (no scale-up): the objective stays small enough for float32 to see delta.
+    assert weight.sum() == 100
+    assert weight[cal].sum() == 30
+    np.testing.assert_array_equal(weight, np.round(weight))
+
+
 def test_compress_merges_identical_images_and_loses_none():
     rng = np.random.default_rng(0)
     n, k = 5000, 4

@@ -330,10 +330,10 @@ def _optimise(
     device = next((d for d in devices if d.process_index == here), jax.local_devices()[0])
     prior_images = settings["prior_images"]
     if prior_images is not None and prep.counts.shape[0] > prior_images:
-        data, _ = subsample(prep, prior_images, k_sub)
+        data = subsample(prep, prior_images, k_sub)
     else:
         data = prep.data
-    scale = float(prep.counts.shape[0])  # tolerances are per image
+    scale = float(np.sum(np.asarray(data.weight)))  # tolerances are per image fitted
     optimizer = settings["optimizer"]
     common = dict(max_steps=settings["max_steps"], tolerance=settings["tolerance"], scale=scale)
     if optimizer is None:
@@ -603,8 +603,10 @@ def fit(
             an optax ``optimizer``; default all).
         prior_images: keyword-only; the prior (a few hundred parameters) is fitted on at
             most this many images: every calibration image and a uniform random sample of
-            the others, weighted up to stand for all of them. Every image is then
-            summarised exactly. ``None``: always use every image.
+            the others. Every image is then summarised exactly. With
+            ``delta_from="all"`` delta is learned from those images too (its interval is
+            that of a data set of this size, not narrower). ``None``: always use every
+            image.
         level: keyword-only; credible level of the intervals.
         num_draws: keyword-only; draws of the globals the posterior mean averages over.
         num_interval_draws: keyword-only; posterior draws per image for the intervals,
@@ -776,11 +778,14 @@ def fit(
         )
     checks: tuple[ModelCheck, ...] = ()
     if check_model and cal_images > 0 and not delta_by_class:
+        # Checks 1 and 2 read the calibration images alone: pass only those (the same
+        # result, without copies of every image's counts).
+        cal = np.flatnonzero((prep.counts.sum(axis=1) > 0) & (prep.unbiased.sum(axis=1) > 0))
         checks = model_checks(
             k_chk,
-            prep.counts,
-            prep.proposals,
-            prep.unbiased,
+            prep.counts[cal],
+            prep.proposals[cal],
+            prep.unbiased[cal],
             deltas=np.asarray(all_deltas),
             one_stars=np.asarray(all_stars),
         )[:2]
