@@ -263,14 +263,20 @@ def initial_prior(prep: Prepared, config: ModelConfig) -> Prior:
     """Data-driven start: each row's mean label, smoothed; Dirichlet components spread in
     sharpness; spikes at the share of rows that look certain. With both rejection kernels
     (``rejection="mixed"``) see :func:`with_kernels`."""
-    k = prep.counts.shape[1]
-    total = prep.counts + prep.unbiased + 0.5
+    # From the merged rows, weighted by how many images share each: the same sums as over
+    # the images, without (images, classes) float64 temporaries.
+    data = prep.data
+    k = data.counts.shape[1]
+    total = np.asarray(data.counts) + np.asarray(data.unbiased) + 0.5
     soft = total / total.sum(1, keepdims=True)
-    groups = np.where(prep.probe, k, prep.proposals)
-    sums = np.zeros((k + 1, k))
-    np.add.at(sums, groups, soft)
-    sizes = np.bincount(groups, minlength=k + 1)[:, None]
-    means = np.where(sizes > 0, sums / np.maximum(sizes, 1), soft.mean(axis=0))
+    weight = np.asarray(data.weight, np.float64)
+    groups = np.where(np.asarray(data.probe), k, np.asarray(data.proposals))
+    sums = np.stack(
+        [np.bincount(groups, weight * soft[:, j], minlength=k + 1) for j in range(k)], axis=1
+    )
+    sizes = np.bincount(groups, weight, minlength=k + 1)[:, None]
+    overall = (weight[:, None] * soft).sum(axis=0) / weight.sum()
+    means = np.where(sizes > 0, sums / np.maximum(sizes, 1), overall)
     kinds = np.asarray(component_kinds(config._replace(rejection="proportional")))
     c = len(kinds)
     dtype = jnp.result_type(float)

@@ -395,11 +395,16 @@ def acceptance_check(
     w = weight.astype(np.float64)
 
     def per_class(x) -> np.ndarray:
-        """Weighted sum over the rows of each proposed class: ``(classes, ...)``."""
-        x = np.asarray(x, np.float64)
-        out = np.zeros((num_classes, *x.shape[1:]))
-        np.add.at(out, proposals, x * w.reshape(-1, *([1] * (x.ndim - 1))))
-        return out
+        """Weighted sum over the rows of each proposed class: ``(classes,)`` for ``(rows,)``,
+        ``(classes, draws)`` for ``(rows, draws)`` (one column at a time: no float64 copy
+        of the whole array)."""
+        x = np.asarray(x)
+        cols = x.reshape(x.shape[0], -1)
+        out = [
+            np.bincount(proposals, w * cols[:, j].astype(np.float64), minlength=num_classes)
+            for j in range(cols.shape[1])
+        ]
+        return np.stack(out, axis=1).reshape(num_classes, *x.shape[1:])
 
     # Per proposed class: annotations, observed count, and per draw the predictive moments.
     sizes, observed = per_class(num), per_class(accepted)
