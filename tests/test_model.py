@@ -1057,6 +1057,10 @@ def test_summaries_by_level_equal_one_level():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fitting, "split_levels", lambda data: single)
         want = fitting._summarise(key, prep, prior, deltas, stars, 0.9, 4, devs)
+    # One level comes back padded (the real rows first), several levels without padding.
+    n = prep.data.num_rows
+    assert want[0].shape[0] >= n
+    want = tuple(None if x is None else x[:n] for x in want)
     np.testing.assert_allclose(got[0], want[0], atol=2e-5)  # posterior means
     np.testing.assert_allclose(got[3], want[3], rtol=1e-4, atol=1e-4)  # predictive moments
     assert got[0].shape == (prep.data.num_rows, 3)

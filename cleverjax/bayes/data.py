@@ -395,14 +395,27 @@ def prepare(counts, proposals, unbiased_counts, probe) -> Prepared:
 # ----------------------------------------------------------------------------------
 
 
-def bucket(size: int, multiple: int = 1) -> int:
+def bucket(size: int, multiple: int = 1, *, doubling_below: int = 0) -> int:
     """The smallest of 1, 2, 3, 4, 6, 8, 12, 16, ... (powers of 2 and 1.5 times them) that
     holds ``size``, rounded up to a multiple of ``multiple``: at most 50 % padding, and
-    data sets of similar size share one compiled program."""
+    data sets of similar size share one compiled program. Below ``doubling_below`` only
+    powers of 2 (at most 100 % padding, half as many distinct shapes): where an element
+    costs little next to compiling a program for one more shape."""
     size = max(int(size), 1)
     power = 2 ** max(math.ceil(math.log2(size)) - 1, 0)
-    best = next(b for b in (power, 3 * power // 2, 2 * power) if b >= size)
+    middle = (3 * power // 2,) if 2 * power > doubling_below else ()
+    steps = (power, *middle, 2 * power)
+    best = next(b for b in steps if b >= size)
     return -(-best // multiple) * multiple
+
+
+ROWS_DOUBLING_BELOW = 8192
+"""Row counts up to this pad to powers of 2: a row costs a few multiply-adds per
+evaluation, a new shape seconds of compilation (studies fit many similar data sets)."""
+
+ENTRIES_DOUBLING_BELOW = 512
+"""Entry counts up to this pad to powers of 2 (an entry costs a polynomial's Beta terms,
+so larger tables keep the finer steps)."""
 
 
 def _pad_rows(x, size: int) -> np.ndarray:
@@ -418,9 +431,13 @@ def pad(data: SPAData, multiple: int = 1) -> SPAData:
     row 0 with weight 0; padding entries and pairs copy the first (no row points to them).
     The padded arrays are NumPy arrays (padding on the host costs no compiled programs);
     they go to devices in one transfer."""
-    rows = bucket(data.num_rows, multiple)
+    rows = bucket(data.num_rows, multiple, doubling_below=ROWS_DOUBLING_BELOW)
     table = data.table
-    entries, pairs = bucket(table.num_entries), bucket(table.pair_c.shape[0])
+    entries = bucket(table.num_entries, doubling_below=ENTRIES_DOUBLING_BELOW)
+    # A level has at most N + 1 pairs per N; padding to that bound (cheap: pairs cost a
+    # weight row each) keeps data sets with one N, whatever their counts, on one shape.
+    terms = int(np.max(np.asarray(table.pair_n), initial=0)) + 1
+    pairs = bucket(max(table.pair_c.shape[0], terms))
     table = EntryTable(
         *(_pad_rows(x, entries) for x in table[:7]),
         pair_c=_pad_rows(table.pair_c, pairs),

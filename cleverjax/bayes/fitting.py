@@ -471,9 +471,9 @@ def _nuts_draws(key, prep: Prepared, params, config: ModelConfig, init: Prior, s
 
 
 def _summarise(key, prep: Prepared, prior, deltas, stars, level, per_delta, devs) -> tuple:
-    """:func:`summaries` of every row of ``prep.data`` (in its order), level by level (see
-    :func:`split_levels`): rows with few annotations do not pay for the polynomial
-    terms of rows with many."""
+    """:func:`summaries` of every row of ``prep.data`` (in its order, followed by padding
+    rows when there is one level), level by level (see :func:`split_levels`): rows with
+    few annotations do not pay for the polynomial terms of rows with many."""
     # The globals come from one device; every device gets its own copy.
     impl = str(jax.random.key_impl(key))
     outs, order = [], []
@@ -495,10 +495,13 @@ def _summarise(key, prep: Prepared, prior, deltas, stars, level, per_delta, devs
             key_impl=impl,
         )
         out = local_arrays(tuple(out))  # several processes: gathered
-        outs.append(tuple(None if x is None else x[: len(lev.rows)] for x in out))
+        outs.append(out)
         order.append(lev.rows)
     if len(outs) == 1:
+        # Padded: callers index the real rows, and a slice to the data's own row count
+        # would compile a program for every data size.
         return outs[0]
+    outs = [tuple(None if x is None else x[: len(r)] for x in o) for o, r in zip(outs, order)]
     back = jnp.asarray(np.argsort(np.concatenate(order)))
     return tuple(None if parts[0] is None else jnp.concatenate(parts)[back] for parts in zip(*outs))
 
