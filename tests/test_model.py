@@ -996,6 +996,31 @@ def test_live_pairs_share_one_shape_across_campaigns():
     assert shapes == {(bdata.MIN_LIVE_PAIRS,)}
 
 
+@pytest.mark.parametrize(
+    "size, options, want",
+    [
+        (0, {}, 1), (5, {}, 6), (7, {}, 8), (95, {}, 96), (97, {}, 128), (5, {"multiple": 4}, 8),
+        (139, {"doubling_below": 8192}, 256), (673, {"doubling_below": 8192}, 1024),
+        (8192, {"doubling_below": 8192}, 8192), (9000, {"doubling_below": 8192}, 12288),
+    ],
+)  # fmt: skip
+def test_bucket_sizes_by_hand(size, options, want):
+    assert bdata.bucket(size, **options) == want
+
+
+def test_padded_pairs_follow_the_level_not_the_draw():
+    """Data sets with one N but different distinct (c, N) pairs pad them to one shape,
+    N + 1 rounded to a bucket; rows and entries to their buckets."""
+    shapes = set()
+    for seed, delta in ((0, 0.05), (1, 0.6), (2, 0.95)):
+        _, rho, biased, unbiased = campaign(seed, n=300, delta=delta, num_annotations=20)
+        data = bdata.prepare(biased, rho, unbiased, None).data
+        padded = bdata.pad(data)
+        shapes.add(padded.table.pair_c.shape)
+        assert padded.num_rows == bdata.bucket(data.num_rows, doubling_below=8192)
+    assert shapes == {(bdata.bucket(21),)}
+
+
 def test_split_levels_partitions_rows_by_annotation_count():
     _, rho, biased, unbiased = mixed_counts()
     prep = bdata.prepare(biased, rho, unbiased, None)
