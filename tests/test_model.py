@@ -1021,6 +1021,22 @@ def test_padded_pairs_follow_the_level_not_the_draw():
     assert shapes == {(bdata.bucket(21),)}
 
 
+@pytest.mark.parametrize("rejection", ["proportional", "mixed"])
+def test_row_part_from_a_table_equals_row_by_row(rejection):
+    """The tabulated Gamma ratios give the row part of every row exactly; a bound too
+    small (a control) does not."""
+    _, rho, biased, unbiased = campaign(63, n=300, calibration=40)
+    data = jax.device_put(bdata.pad(bdata.prepare(biased, rho, unbiased, None).data))
+    config = model.ModelConfig(num_classes=3, num_components=2, num_terms=11, rejection=rejection)
+    prior = fitting.initial_prior(bdata.prepare(biased, rho, unbiased, None), config)
+    bound = likelihood.count_bound(data)
+    want = likelihood.row_part(data, prior)
+    got = likelihood.row_part(data, prior, bound)
+    np.testing.assert_allclose(got.log_rest, want.log_rest, rtol=1e-6, atol=1e-5)
+    short = likelihood.row_part(data, prior, bound // 4)
+    assert not np.allclose(short.log_rest, want.log_rest, rtol=1e-6, atol=1e-5)
+
+
 def test_split_levels_partitions_rows_by_annotation_count():
     _, rho, biased, unbiased = mixed_counts()
     prep = bdata.prepare(biased, rho, unbiased, None)

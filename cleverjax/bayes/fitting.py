@@ -45,7 +45,7 @@ from .data import (
     split_levels,
     subsample,
 )
-from .likelihood import Prior, uniform_components
+from .likelihood import Prior, count_bound, uniform_components
 from .model import (
     REJECTION_KERNELS,
     ModelConfig,
@@ -349,6 +349,9 @@ def _optimise(
             data = tuple(pad(lev.data) for lev in levels)
         else:
             data = pad(data)
+        config = config._replace(
+            count_bounds=tuple(count_bound(d) for d in ((data,) if len(levels) == 1 else data))
+        )
         data = jax.device_put(data, device)
         out = _lbfgs_fit(data, config, init, settings["progress"], common)
     else:
@@ -605,7 +608,8 @@ def fit(
             cut, L-BFGS runs in rounds (see :func:`cleverjax.bayes.model.negative_elbo`),
             at most :data:`MAX_CUT_ROUNDS`.
         tolerance: keyword-only; convergence: the objective improved by less than this
-            many nats per image over the last 10 L-BFGS evaluations (default 1e-5), or
+            many nats per image over the last 10 L-BFGS evaluations (default 1e-6: the
+            width of delta's interval moves the objective by hundredths of a nat), or
             over the last window of 250 first-order steps (default 1e-4, or less than
             twice its noise).
         subsample_size: keyword-only; distinct rows per first-order SVI step (only with
@@ -682,7 +686,7 @@ def fit(
     if max_steps is None:
         max_steps = 20000 if first_order else 500
     if tolerance is None:
-        tolerance = 1e-4 if first_order else 1e-5
+        tolerance = 1e-4 if first_order else 1e-6
     _checks.non_negative_int("num_interval_draws", num_interval_draws)
     _checks.non_negative_int("num_ppc_replicates", num_ppc_replicates)
     _check_positive_ints(

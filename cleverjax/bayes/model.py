@@ -61,6 +61,10 @@ class ModelConfig(NamedTuple):
             and ``tau`` learned (empirical Bayes), so that classes with few calibration
             images borrow strength from the others. Only :func:`negative_elbo` (the
             L-BFGS fit) supports it.
+        count_bounds: per level of the data given to :func:`negative_elbo`, a bound on
+            the rows' counts (see :func:`cleverjax.bayes.likelihood.count_bound`) that
+            lets the row part look its Gamma functions up in a table; empty: computed
+            per row.
         rejection: the class a rejection chooses: ``"proportional"`` to ``p`` (SPA),
             ``"uniform"`` among the other classes, or ``"mixed"``: every component twice,
             once with each kernel, so that the prior's weights learn the share of images
@@ -80,6 +84,7 @@ class ModelConfig(NamedTuple):
     level_terms: tuple[int, ...] = ()
     rejection: str = "proportional"
     delta_by_class: bool = False
+    count_bounds: tuple[int, ...] = ()
 
 
 REJECTION_KERNELS = ("proportional", "uniform", "mixed")
@@ -461,7 +466,8 @@ def negative_elbo(params: dict, data, frozen, config: ModelConfig) -> Array:
     levels, terms = _levels(data, config)
     z, w = _quadrature(config, dtype)
     # The delta-free parts, once for every node.
-    rows = [row_part(d, prior) for d in levels]
+    bounds = config.count_bounds or (0,) * len(levels)
+    rows = [row_part(d, prior, b) for d, b in zip(levels, bounds)]
     bases = [t_basis(d.table, prior, n) for d, n in zip(levels, terms)]
     cut = config.delta_from == "calibration"
     calibrated = [entry_calibrated(d.table, config.num_classes)[:, None] for d in levels]
