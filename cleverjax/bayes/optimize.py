@@ -265,8 +265,7 @@ def run_lbfgs(
 
     ``max_steps`` counts evaluations of the objective; converged when the last ``chunk``
     evaluations lowered it by less than ``tolerance * scale`` nats (``scale``: the number
-    of images, so that the tolerance is per image; in the first chunk, the gain since
-    its first evaluation).
+    of images, so that the tolerance is per image).
 
     ``resume``: the final state of an earlier run (``Optimized.state``) on a changed
     objective with the same parameters: the run starts at its point with its curvature
@@ -286,11 +285,7 @@ def run_lbfgs(
     state, params, args = jax.device_put((state, params, args), sharding)
 
     def converged_fn(losses):
-        # The gain over the last ``chunk`` evaluations: from the chunk before, or within
-        # the first chunk from its first evaluation (a resumed round that starts at its
-        # fixed point then ends after one chunk instead of two).
-        before = losses[-2][-1] if len(losses) > 1 else losses[-1][0]
-        return bool(before - losses[-1][-1] < tolerance * scale)
+        return len(losses) > 1 and bool(losses[-2][-1] - losses[-1][-1] < tolerance * scale)
 
     state, losses, converged, step_seconds = _run_chunks(
         lambda st: run_chunk(st, params, args),
