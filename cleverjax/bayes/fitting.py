@@ -350,7 +350,7 @@ def _optimise(
         else:
             data = pad(data)
         config = config._replace(
-            count_bounds=tuple(_table_bound(d) for d in ((data,) if len(levels) == 1 else data))
+            count_bounds=tuple(count_bound(d) for d in ((data,) if len(levels) == 1 else data))
         )
         data = jax.device_put(data, device)
         out = _lbfgs_fit(data, config, init, settings["progress"], common)
@@ -359,14 +359,6 @@ def _optimise(
         svi = _svi(config, optimizer)
         out = run_svi(svi, k_opt, (data,), {"init": init}, progress=settings["progress"], **common)
     return out, data
-
-
-def _table_bound(data) -> int:
-    """:func:`count_bound` of a level where a table of Gamma ratios is smaller than the
-    rows' own (``(groups x bound)`` against rows, per component and class); else 0."""
-    bound = count_bound(data)
-    groups = data.counts.shape[1] + 1
-    return bound if groups * bound <= data.num_rows else 0
 
 
 MAX_CUT_ROUNDS = 8

@@ -525,14 +525,18 @@ def uniform_components(prior: Prior) -> np.ndarray:
 
 
 def count_bound(data: SPAData) -> int:
-    """A bound for :func:`row_part`'s ``count_bound``: more than any row's count (biased
-    plus unbiased) of a class other than its proposal, rounded up to a power of 2."""
+    """:func:`row_part`'s ``bound`` for ``data``: more than any row's count (biased plus
+    unbiased) of a class other than its proposal, rounded up to a power of 2; 0 (no
+    table) where the table, ``(classes + 1) x bound`` per component and class, would be
+    larger than the rows' own Gamma functions."""
     counts = np.asarray(data.counts) + np.asarray(data.unbiased)
     rho = np.asarray(data.proposals)
     others = counts.copy()
     others[np.arange(len(rho)), rho] = 0
     top = int(others.max(initial=0)) + 1
-    return 1 << max(top - 1, 0).bit_length()
+    bound = 1 << max(top - 1, 0).bit_length()
+    groups = counts.shape[1] + 1
+    return bound if groups * bound <= counts.shape[0] else 0
 
 
 def _gamma_ratios(alpha: Array, g: Array, n: Array, bound: int) -> Array:
@@ -549,7 +553,7 @@ def _gamma_ratios(alpha: Array, g: Array, n: Array, bound: int) -> Array:
     return table.reshape(-1)[index]
 
 
-def row_part(data: SPAData, prior: Prior, count_bound: int = 0) -> RowPart:
+def row_part(data: SPAData, prior: Prior, bound: int = 0) -> RowPart:
     """The delta-free part of every row's likelihood under every component.
 
     Under SPA's kernel the rejected annotations are ``Multinomial(N - c, r)`` and inform
@@ -557,14 +561,15 @@ def row_part(data: SPAData, prior: Prior, count_bound: int = 0) -> RowPart:
     ``1 / (K - 1)`` whatever ``p`` is, and only the unbiased annotations inform ``r``.
     The part in ``t``, ``A^c (1 - A)^(N - c)``, is the same for both.
 
-    ``count_bound``: when positive, more than any row's count of a class other than its
+    ``bound``: when positive, more than any row's count of a class other than its
     proposal (:func:`count_bound`); the Gamma-function ratios then come from a table of
     every prior row, component, class and count (the same values, a tenth of the work
     for many rows with few annotations each)."""
     dtype = prior.concentration.dtype
     num_classes = data.counts.shape[1]
     g = jnp.where(data.probe, num_classes, data.proposals)
-    alpha = jnp.maximum(prior.concentration[g][..., None] * prior.mean[g], MIN_ALPHA)
+    alpha_all = jnp.maximum(prior.concentration[..., None] * prior.mean, MIN_ALPHA)
+    alpha = alpha_all[g]
     is_rho = _is_rho(data.proposals, num_classes)
     a_rest_prior = jnp.where(is_rho[:, None, :], 0.0, alpha)
     counts = data.counts.astype(dtype)
@@ -577,9 +582,8 @@ def row_part(data: SPAData, prior: Prior, count_bound: int = 0) -> RowPart:
     a_rest = a_rest_prior + others
     # Multivariate Beta ratio B(a + x) / B(a) over the classes other than rho; only
     # classes with counts contribute to the product of Gamma ratios.
-    if count_bound > 0:
-        alpha_all = jnp.maximum(prior.concentration[..., None] * prior.mean, MIN_ALPHA)
-        ratios = _gamma_ratios(alpha_all, g, jnp.broadcast_to(others, a_rest.shape), count_bound)
+    if bound > 0:
+        ratios = _gamma_ratios(alpha_all, g, jnp.broadcast_to(others, a_rest.shape), bound)
     else:
         seen = (others > 0) & ~is_rho[:, None, :]
         ratios = jnp.where(

@@ -63,8 +63,8 @@ class ModelConfig(NamedTuple):
             L-BFGS fit) supports it.
         count_bounds: per level of the data given to :func:`negative_elbo`, a bound on
             the rows' counts (see :func:`cleverjax.bayes.likelihood.count_bound`) that
-            lets the row part look its Gamma functions up in a table; empty: computed
-            per row.
+            lets the row part look its Gamma functions up in a table (0, or empty:
+            computed per row).
         rejection: the class a rejection chooses: ``"proportional"`` to ``p`` (SPA),
             ``"uniform"`` among the other classes, or ``"mixed"``: every component twice,
             once with each kernel, so that the prior's weights learn the share of images
