@@ -8,7 +8,10 @@ Scenarios (how the annotators behave):
 
 * ``spa``: SPA with delta = 0.3 (the control: SPA should be chosen);
 * ``uniform_rejection``: delta = 0.3, but a rejection picks uniformly among the others;
-* ``delta_by_class``: SPA with delta 0.15 for proposals of classes 0-4, 0.45 for 5-9.
+* ``delta_by_class``: SPA with delta 0.15 for proposals of classes 0-4, 0.45 for 5-9;
+* ``delta_by_difficulty``: SPA with a per-image delta_i = 0.6 (1 - t_i) + 0.1 t_i,
+  t_i = p_i[rho] (hard images accept the proposal more often; the scenario of
+  ``benchmarks/model_checks.py``).
 
 Each scenario fits every variant of :data:`cleverjax.bayes.compare.ROBUST_VARIANTS`
 (:func:`cleverjax.compare_models`, 5-fold cross-validation over the calibration images)
@@ -18,7 +21,8 @@ CleverLabel's KL (paper settings: delta 0.1, mu 0.75).
 Target (issue: robust variants): under uniform rejection, the chosen variant's KL within
 1.25x of the correctly specified fit (``rejection="uniform"``).
 
-    python benchmarks/variants.py                 # three scenarios, 10^4 images
+    python benchmarks/variants.py                 # four scenarios, 10^4 images
+    python benchmarks/variants.py --scenarios delta_by_difficulty --variants spa delta_by_difficulty
     python benchmarks/variants.py --tiny          # 1000 images, two variants, one scenario
 """
 
@@ -61,6 +65,7 @@ SCENARIOS = {
     "spa": ("spa", dict(rejection="proportional")),
     "uniform_rejection": ("uniform_rejection", dict(rejection="uniform")),
     "delta_by_class": ("delta_by_class", dict(rejection="proportional")),
+    "delta_by_difficulty": ("delta_by_difficulty", dict(rejection="proportional")),
 }
 """Scenario -> (the variant that is correctly specified, simulation options)."""
 
@@ -72,6 +77,9 @@ def run(scenario: str, images: int, seed: int, path: Path, variants: dict) -> di
     rho = cj.propose(k_prop, p, accuracy=0.85)
     correct, options = SCENARIOS[scenario]
     delta = jnp.where(rho < 5, 0.15, 0.45) if scenario == "delta_by_class" else 0.3
+    if scenario == "delta_by_difficulty":
+        t = jnp.take_along_axis(p, rho[:, None], axis=1)[:, 0]
+        delta = 0.6 * (1 - t) + 0.1 * t
     biased = cj.simulate_counts(k_sim, p, rho, num_annotations=10, delta=delta, **options)
     cal = cj.calibration_sample(k_cal, p, num_images=100, num_annotations=10)
     unbiased = jnp.zeros_like(biased).at[cal.indices].set(cal.counts)
@@ -101,6 +109,8 @@ def run(scenario: str, images: int, seed: int, path: Path, variants: dict) -> di
         elpd_diff_se={c: round(s["diff_se"], 2) for c, s in scores.items()},
         delta={c: s["delta"] for c, s in scores.items()},
         delta_by_class=scores.get("delta_by_class", {}).get("delta_by_class"),
+        delta_by_difficulty=scores.get("delta_by_difficulty", {}).get("delta_by_difficulty"),
+        true_mean_delta=float(jnp.mean(jnp.broadcast_to(delta, rho.shape))),
         uniform_share=scores.get("mixed_rejection", {}).get("uniform_share"),
         converged={c: f.converged for c, f in cmp.fits.items()},
         seconds=seconds,
@@ -115,9 +125,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=None)
+    parser.add_argument(
+        "--variants", nargs="+", choices=sorted(ROBUST_VARIANTS), default=None,
+        help="compare only these variants (default: all, in ROBUST_VARIANTS' order)",
+    )  # fmt: skip
     parser.add_argument("--tiny", action="store_true", help="small smoke run")
     args = parser.parse_args()
-    variants = dict(ROBUST_VARIANTS)
+    variants = {
+        k: v for k, v in ROBUST_VARIANTS.items() if args.variants is None or k in args.variants
+    }
     scenarios = args.scenarios or list(SCENARIOS)
     if args.tiny:
         args.images, scenarios = 1000, ["uniform_rejection"]

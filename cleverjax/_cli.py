@@ -384,11 +384,17 @@ def _fit(args: argparse.Namespace) -> int:
     if not shown.any():
         raise InputError(f"{args.table}: no annotation was made with a proposal; nothing to fit")
     key = jax.random.key(args.seed)
-    variant = args.rejection != "proportional" or args.delta_by_class or args.select_variant
+    variant = (
+        args.rejection != "proportional"
+        or args.delta_by_class
+        or args.delta_by_difficulty
+        or args.select_variant
+    )
     if args.per_annotator and variant:
         raise InputError(
             "--per-annotator takes SPA's kernel and one delta per annotator: it cannot be "
-            "combined with --rejection, --delta-by-class or --select-variant"
+            "combined with --rejection, --delta-by-class, --delta-by-difficulty or "
+            "--select-variant"
         )
     comparison = None
     if args.per_annotator:
@@ -415,7 +421,11 @@ def _fit(args: argparse.Namespace) -> int:
             res = comparison.fits[comparison.best]
         else:
             res = cj.fit(
-                *inputs, rejection=args.rejection, delta_by_class=args.delta_by_class, **options
+                *inputs,
+                rejection=args.rejection,
+                delta_by_class=args.delta_by_class,
+                delta_by_difficulty=args.delta_by_difficulty,
+                **options,
             )
     labels, summary = res.posterior_mean, res.to_dict()
     if comparison is not None:
@@ -429,6 +439,14 @@ def _fit(args: argparse.Namespace) -> int:
         f"delta = {summary['delta']:.4f} ({100 * res.level:.0f}% interval {lo:.4f} to "
         f"{hi:.4f}); {len(counts.tasks)} tasks in {res.seconds:.1f} s -> {_target(args.out)}"
     )
+    ends = summary.get("delta_by_difficulty")
+    if ends is not None:
+        (h_lo, h_hi), (e_lo, e_hi) = summary["delta_by_difficulty_interval"].values()
+        _note(
+            f"delta by difficulty: {ends['hard']:.4f} ({h_lo:.4f} to {h_hi:.4f}) on the "
+            f"hardest images (p[proposal] = 0), {ends['easy']:.4f} ({e_lo:.4f} to "
+            f"{e_hi:.4f}) on the easiest (p[proposal] = 1)"
+        )
     if comparison is not None:
         scores = ", ".join(
             f"{c} {e:.1f}" for c, e in sorted(comparison.elpd.items(), key=lambda x: -x[1])
@@ -701,12 +719,19 @@ def _add_fit(sub) -> None:
         help="one delta per proposed class, shrunk toward each other (hierarchical)",
     )
     fit.add_argument(
+        "--delta-by-difficulty",
+        action="store_true",
+        dest="delta_by_difficulty",
+        help="delta depends on the image's difficulty, linearly in p[proposal]: "
+        "delta(t) = hard (1 - t) + easy t",
+    )
+    fit.add_argument(
         "--select-variant",
         action="store_true",
         dest="select_variant",
-        help="fit SPA and its robust variants (uniform and mixed rejection, delta by class) "
-        "and keep the one that best predicts held-out calibration images "
-        "(cleverjax.compare_models: 24 fits)",
+        help="fit SPA and its robust variants (uniform and mixed rejection, delta by "
+        "difficulty, delta by class) and keep the one that best predicts held-out "
+        "calibration images (cleverjax.compare_models: 30 fits)",
     )
     fit.add_argument(
         "--per-annotator",

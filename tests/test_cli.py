@@ -238,6 +238,14 @@ def test_fit_passes_the_table_to_the_model_and_writes_its_results(simulated, mon
             seconds=1.5,
             step_seconds=0.1,
             stage_seconds=cj.StageSeconds(0.1, 1.0, 0.1, 0.2, 0.1),
+            **(
+                dict(
+                    delta_by_difficulty=np.array([0.5, 0.2]),
+                    delta_by_difficulty_interval=np.array([[0.4, 0.6], [0.1, 0.3]]),
+                )
+                if kwargs.get("delta_by_difficulty")
+                else {}
+            ),
         )
 
     monkeypatch.setattr(cj, "fit", fake_fit)
@@ -254,6 +262,11 @@ def test_fit_passes_the_table_to_the_model_and_writes_its_results(simulated, mon
     assert "model check rejected_classes: passed (p = 0.5)" in capsys.readouterr().err
     assert main([*argv, "--rejection", "uniform", "--delta-by-class"]) == 0
     assert seen["rejection"] == "uniform" and seen["delta_by_class"]
+    assert main([*argv, "--delta-by-difficulty"]) == 0
+    assert seen["delta_by_difficulty"] and not seen["delta_by_class"]
+    assert "delta by difficulty: 0.5000 (0.4000 to 0.6000) on the hardest" in (
+        capsys.readouterr().err
+    )
 
     # --select-variant: the comparison's best fit is written, with the scores.
     def fake_compare(key, biased, proposals, **kwargs):

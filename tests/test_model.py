@@ -40,9 +40,12 @@ def _multinomial_pmf(x, probs):
     return np.exp(gammaln(x.sum() + 1) - gammaln(x + 1).sum() + xlogy(x, probs).sum())
 
 
-def _likelihood(p, uniform=False):
+def _likelihood(p, uniform=False, ends=None):
+    """The row's likelihood at ``p``; ``ends``: (hard, easy) of a delta that depends on
+    difficulty, ``delta(t) = hard (1 - t) + easy t``."""
     t = p[RHO]
-    a = DELTA + (OMEGA - DELTA) * t
+    delta = DELTA if ends is None else ends[0] * (1 - t) + ends[1] * t
+    a = delta + (OMEGA - delta) * t
     if uniform:  # a rejection picks one of the other two classes with probability 1/2
         rest = np.where(np.arange(3) == RHO, 0.0, 0.5)
     else:
@@ -61,12 +64,12 @@ def _dirichlet_pdf(p):
     return np.exp(log_norm + np.sum((ALPHA - 1) * np.log(p)))
 
 
-def _brute_force(weight_fn, uniform=False):
+def _brute_force(weight_fn, uniform=False, ends=None):
     def integrand(y, x):
         p = np.array([x, y, 1 - x - y])
         if p.min() <= 0:
             return 0.0
-        return weight_fn(p) * _likelihood(p, uniform) * _dirichlet_pdf(p)
+        return weight_fn(p) * _likelihood(p, uniform, ends) * _dirichlet_pdf(p)
 
     return integrate.dblquad(integrand, 0, 1, 0, lambda x: 1 - x, epsabs=1e-14)[0]
 
@@ -1203,3 +1206,171 @@ def test_fit_recovers_deltas_that_differ_by_class():
     pooled = cj.fit(k_fit, biased, rho, unbiased_counts=unbiased)
     pooled_sd = float(np.std(np.asarray(pooled.delta_samples)))
     assert np.max(np.abs(pooled.delta - truth) / pooled_sd) > 3.3
+
+
+# ----------------------------------------------------------------------------------
+# Delta by difficulty
+# ----------------------------------------------------------------------------------
+
+ENDS = (0.6, 0.1)  # delta at p[rho] = 0 and at p[rho] = 1
+
+
+def _difficulty_row():
+    """The row of :func:`_one_row` under delta by difficulty: a degree-2 prior and the
+    weights of the degree-2N polynomial."""
+    data, prior, _ = _one_row(0)
+    prior = cj.Prior(prior.mean, prior.concentration, prior.weights, prior.kind, (), 2)
+    ends = likelihood.DifficultyDelta(*(jnp.asarray(x, jnp.float32) for x in ENDS))
+    log_w = likelihood.log_weights_difficulty(
+        data.table.c, data.table.n, ends, jnp.asarray(OMEGA, jnp.float32), 17
+    )
+    return data, prior, ends, log_w
+
+
+def test_difficulty_likelihood_and_posterior_mean_are_exact():
+    data, prior, _, log_w = _difficulty_row()
+    evidence = _brute_force(lambda p: 1.0, ends=ENDS)
+    got = float(likelihood.log_likelihood(data, prior, log_w)[0])
+    np.testing.assert_allclose(got, np.log(evidence), rtol=1e-5)
+    mean = [_brute_force(lambda p, k=k: p[k], ends=ENDS) / evidence for k in range(3)]
+    np.testing.assert_allclose(likelihood.posterior_moments(data, prior, log_w)[0], mean, rtol=1e-4)
+    # Negative control: SPA with one delta gives another evidence for the same row.
+    spa = float(likelihood.log_likelihood(*_one_row(0))[0])
+    assert abs(spa - got) > 0.01  # hundreds of times the tolerance above
+
+
+def test_difficulty_acceptance_moments_are_exact():
+    """The predictive mean and variance of the count on the proposal, from four raw
+    moments of t, against quadrature of ``N A(t)`` and ``N A (1 - A) + N (N - 1) Var A``
+    over the row's posterior."""
+    data, prior, ends, log_w = _difficulty_row()
+    t = likelihood.t_part(data.table, prior, log_w)
+    rows = likelihood.row_part(data, prior)
+    resp = likelihood.responsibilities(data, rows, t)
+    moments = likelihood.entry_moments_t(data.table, prior, t, order=4)
+    mean, var = posterior.accepted_moments(data, resp, moments, ends, jnp.float32(OMEGA))
+
+    def accept(p):
+        d = ENDS[0] * (1 - p[RHO]) + ENDS[1] * p[RHO]
+        return d + (OMEGA - d) * p[RHO]
+
+    evidence = _brute_force(lambda p: 1.0, ends=ENDS)
+    ea = _brute_force(accept, ends=ENDS) / evidence
+    ea2 = _brute_force(lambda p: accept(p) ** 2, ends=ENDS) / evidence
+    n = COUNTS.sum()
+    np.testing.assert_allclose(float(mean[0]), n * ea, rtol=1e-4)
+    np.testing.assert_allclose(
+        float(var[0]), n * ea * (1 - ea) + n * (n - 1) * (ea2 - ea**2), rtol=1e-3
+    )
+    # Control: SPA's linear acceptance at the images' average delta predicts another mean.
+    spa = posterior.accepted_moments(data, resp, moments[:2], jnp.float32(0.35), jnp.float32(OMEGA))
+    assert abs(float(spa[0][0]) - n * ea) > 0.01  # 25 times the tolerance above
+
+
+@pytest.mark.parametrize("n", [1, 10, 60])
+def test_difficulty_weights_match_the_expanded_polynomial(n):
+    """Every weight of ``A^c (1 - A)^(N - c)`` in the basis t^s (1 - t)^(2N - s), from
+    the quadratic factors multiplied out in float64 (numpy convolution)."""
+    hard, easy, star = 0.45, 0.15, 0.97
+    cs = np.unique(np.linspace(0, n, 7).astype(int))
+    ends = likelihood.DifficultyDelta(jnp.float32(hard), jnp.float32(easy))
+    got = np.asarray(
+        likelihood.log_weights_difficulty(
+            jnp.asarray(cs), jnp.full(cs.shape, n), ends, jnp.float32(star), 2 * n + 3
+        )
+    )
+    for i, c in enumerate(cs):
+        poly = np.array([1.0])
+        for _ in range(c):
+            poly = np.convolve(poly, [hard, easy + star, star])
+        for _ in range(n - c):
+            poly = np.convolve(poly, [1 - hard, 2 - easy - star, 1 - star])
+        want = np.log(poly)
+        top = want.max()
+        keep = want > top - 30  # the terms that carry mass, as for SPA's weights
+        np.testing.assert_allclose(
+            got[i, : 2 * n + 1][keep], want[keep], atol=1e-4 + 2e-7 * abs(top)
+        )
+        assert np.all(np.isneginf(got[i, 2 * n + 1 :]))
+
+
+def test_difficulty_with_equal_ends_is_spa():
+    """With ``hard == easy`` delta by difficulty is SPA: every row's exact likelihood is
+    the same (the degree-2N polynomial is SPA's times (t + 1 - t)^N). Control: ends that
+    differ by 0.2 change it."""
+    _, rho, biased, unbiased = campaign(0, n=300, calibration=60)
+    data = bdata.prepare(biased, rho, unbiased, None).data
+    config = model.ModelConfig(num_classes=3, num_components=2, num_terms=11)
+    prep = bdata.prepare(biased, rho, unbiased, None)
+    spa_prior = fitting.initial_prior(prep, config)
+    diff_prior = fitting.initial_prior(prep, config._replace(delta_by_difficulty=True))
+    assert (spa_prior.degree, diff_prior.degree) == (1, 2)
+    star = jnp.float32(0.99)
+    spa_w = likelihood.table_log_weights(data.table, jnp.float32(0.3), star, 11)
+    want = likelihood.log_likelihood(data, spa_prior, spa_w)
+
+    def difficulty(hard, easy):
+        ends = likelihood.DifficultyDelta(jnp.float32(hard), jnp.float32(easy))
+        log_w = likelihood.table_log_weights(data.table, ends, star, 21)
+        return likelihood.log_likelihood(data, diff_prior, log_w)
+
+    np.testing.assert_allclose(difficulty(0.3, 0.3), want, rtol=1e-5, atol=1e-4)
+    assert np.max(np.abs(np.asarray(difficulty(0.4, 0.2)) - np.asarray(want))) > 0.01
+
+
+def _difficulty_campaign(seed, *, n, calibration, ends=ENDS):
+    """Dirichlet(0.5) truth over 3 classes, argmax proposals, delta by difficulty."""
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(3, 0.5), size=n).astype(np.float32)
+    rho = np.argmax(p, axis=1).astype(np.int32)
+    t = p[np.arange(n), rho]
+    delta = jnp.asarray(ends[0] * (1 - t) + ends[1] * t)
+    k_sim, k_cal = jax.random.split(jax.random.key(seed))
+    biased = cj.simulate_counts(k_sim, jnp.asarray(p), jnp.asarray(rho), num_annotations=10,
+                                delta=delta)  # fmt: skip
+    cal = cj.calibration_sample(k_cal, jnp.asarray(p), num_images=calibration, num_annotations=10)
+    unbiased = jnp.zeros_like(biased).at[cal.indices].set(cal.counts)
+    return p, rho, biased, unbiased, np.asarray(delta)
+
+
+def test_fit_with_delta_by_difficulty_reports_both_ends():
+    p, rho, biased, unbiased, _ = _difficulty_campaign(0, n=600, calibration=150)
+    res = cj.fit(
+        jax.random.key(0), biased, rho, unbiased_counts=unbiased, delta_by_difficulty=True,
+        num_ppc_replicates=10,
+    )  # fmt: skip
+    assert res.delta_by_difficulty.shape == (2,)
+    assert res.delta_by_difficulty_interval.shape == (2, 2)
+    ends = res.delta_by_difficulty_samples
+    assert ends.shape == (res.delta_samples.shape[0], 2)
+    lo, hi = res.delta_by_difficulty_interval.T
+    assert (lo < res.delta_by_difficulty).all() and (res.delta_by_difficulty < hi).all()
+    # delta is the images' average delta, at their posterior mean p[rho].
+    t_bar = float(np.mean(np.asarray(res.posterior_mean)[np.arange(600), rho]))
+    np.testing.assert_allclose(
+        np.asarray(res.delta_samples), ends[:, 0] * (1 - t_bar) + ends[:, 1] * t_bar, rtol=1e-4
+    )
+    assert res.checks == ()  # the checks test SPA's single delta
+    assert res.ppc is not None and 0 <= res.ppc.p_value <= 1
+    summary = json.loads(json.dumps(res.to_dict()))
+    assert set(summary["delta_by_difficulty"]) == {"hard", "easy"}
+    np.testing.assert_allclose(np.asarray(res.posterior_mean).sum(axis=1), 1, rtol=1e-5)
+    for bad in (dict(method="nuts"), dict(delta_by_class=True)):
+        with pytest.raises(ValueError, match="delta_by_difficulty"):
+            cj.fit(jax.random.key(0), biased, rho, unbiased_counts=unbiased,
+                   delta_by_difficulty=True, **bad)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fit_recovers_delta_that_depends_on_difficulty():
+    """hard 0.6, easy 0.1, 4000 images with 800 calibration images: each end lies within
+    3 posterior sd of its truth (about 1 % for the two together); control: the ends
+    swapped lie far outside."""
+    _, rho, biased, unbiased, _ = _difficulty_campaign(1, n=4000, calibration=800)
+    res = cj.fit(jax.random.key(3), biased, rho, unbiased_counts=unbiased,
+                 delta_by_difficulty=True, num_ppc_replicates=0)  # fmt: skip
+    sd = res.delta_by_difficulty_samples.std(axis=0)
+    z = (res.delta_by_difficulty - np.array(ENDS)) / sd
+    assert np.all(np.abs(z) < 3.0), (res.delta_by_difficulty, sd)
+    swapped = (res.delta_by_difficulty - np.array(ENDS[::-1])) / sd
+    assert np.all(np.abs(swapped) > 3.0)

@@ -110,6 +110,8 @@ def warn_failed(checks: Sequence[ModelCheck]) -> None:
 _REMEDIES = {
     "rejected_classes": "Consider fit(..., rejection='uniform' or 'mixed'), or let "
     "cleverjax.compare_models choose a variant.",
+    "acceptance_by_difficulty": "Consider fit(..., delta_by_difficulty=True), or let "
+    "cleverjax.compare_models choose a variant.",
     "share_on_proposal": "Consider fit(..., delta_by_class=True), or let "
     "cleverjax.compare_models choose a variant.",
 }
@@ -407,6 +409,10 @@ def _share_on_proposal(
     name = "share_on_proposal"
     if prior is None:
         return _skipped(name, "no fitted prior was given (`prior=None`)")
+    if prior.degree != 1:
+        return _skipped(
+            name, "the prior is of a fit with delta by difficulty; this check tests SPA"
+        )
     nb = counts.sum(axis=1)
     c = counts[np.arange(len(proposals)), proposals]
     k = counts.shape[1]

@@ -3,7 +3,8 @@
 SPA says a rejected proposal's annotation picks class ``k`` in proportion to ``p[k]``,
 and that one delta holds for every image. Real annotators may pick more uniformly, or
 accept some classes' proposals more readily. :func:`fit` has an exact model for each
-variant: ``rejection="uniform"`` or ``"mixed"``, ``delta_by_class=True``. Which one fits
+variant: ``rejection="uniform"`` or ``"mixed"``, ``delta_by_class=True``,
+``delta_by_difficulty=True``. Which one fits
 the annotators is a question the *calibration images* answer: they carry annotations
 made without a proposal, which stand for ``p``, and annotations made with it, which show
 what annotators do with a proposal. :func:`compare_models` fits every variant and scores
@@ -34,12 +35,13 @@ from .. import _checks
 from .._random import as_typed_key
 from .data import compress, numpy_rng, prepare
 from .fitting import FitResult, fit
-from .likelihood import Prior, log_likelihood, table_log_weights
+from .likelihood import DifficultyDelta, Prior, log_likelihood, table_log_weights
 from .model import REJECTION_KERNELS
 
 ROBUST_VARIANTS: dict[str, dict[str, Any]] = {
     "spa": {},
     "uniform_rejection": {"rejection": "uniform"},
+    "delta_by_difficulty": {"delta_by_difficulty": True},
     "delta_by_class": {"delta_by_class": True},
     "mixed_rejection": {"rejection": "mixed"},
 }
@@ -65,20 +67,25 @@ def calibration_log_lik(
 ) -> np.ndarray:
     """``(draws, images)`` log density of each image's biased counts given its unbiased
     ones, ``log p(biased | unbiased)``, under ``prior`` at each draw of (delta, 1*): the
-    exact likelihood of both, minus that of the unbiased counts alone."""
+    exact likelihood of both, minus that of the unbiased counts alone. ``deltas`` is
+    ``(draws,)``, ``(draws, classes)`` with one delta per class, or ``(draws, 2)`` (hard,
+    easy) when the prior's polynomials are those of delta by difficulty (``degree`` 2)."""
     rho = np.asarray(proposals, np.int32)
     probe = np.zeros(rho.shape[0], bool)
     both, inverse = compress(rho, counts, unbiased, probe)
     alone, inverse_alone = compress(rho, np.zeros_like(counts), unbiased, probe)
-    num_terms = int(np.asarray(counts).sum(axis=1).max()) + 1
+    num_terms = prior.degree * int(np.asarray(counts).sum(axis=1).max()) + 1
     dtype = prior.concentration.dtype
+    deltas = jnp.asarray(deltas, dtype)
+    if prior.degree == 2:
+        deltas = DifficultyDelta(deltas[:, 0], deltas[:, 1])
 
     @jax.jit
     def per_draw(ds):
         log_w = table_log_weights(both.table, ds[0], ds[1], num_terms)
         return log_likelihood(both, prior, log_w)
 
-    ll_both = jax.lax.map(per_draw, (jnp.asarray(deltas, dtype), jnp.asarray(one_stars, dtype)))
+    ll_both = jax.lax.map(per_draw, (deltas, jnp.asarray(one_stars, dtype)))
     zero_w = jnp.zeros((alone.table.num_entries, 1), dtype)
     ll_alone = log_likelihood(alone, prior, zero_w)
     return np.asarray(ll_both, float)[:, inverse] - np.asarray(ll_alone, float)[inverse_alone]
@@ -125,6 +132,7 @@ class ModelComparison(NamedTuple):
                 "delta_by_class": None
                 if fit_c.delta_by_class is None
                 else [float(x) for x in fit_c.delta_by_class],
+                "delta_by_difficulty": fit_c.to_dict()["delta_by_difficulty"],
                 "rejection": fit_c.rejection,
                 "uniform_share": fit_c.uniform_share,
             }
@@ -144,7 +152,7 @@ refuse to choose."""
 _FOLD_SETTINGS = dict(num_draws=1, num_interval_draws=0, num_ppc_replicates=0, check_model=False)
 """A fold's fit needs the prior and the draws of the globals, not the images' summaries."""
 
-_VARIANT_OPTIONS = ("rejection", "delta_by_class")
+_VARIANT_OPTIONS = ("rejection", "delta_by_class", "delta_by_difficulty")
 """Options of :func:`cleverjax.fit` that a variant may set."""
 
 
@@ -175,7 +183,8 @@ def compare_models(
         unbiased_counts: keyword-only; as for :func:`cleverjax.fit`; at least
             :data:`MIN_SCORED_IMAGES` images must have both unbiased and biased annotations.
         variants: keyword-only; name -> the variant's options of :func:`cleverjax.fit`
-            (``rejection``, ``delta_by_class``); default :data:`ROBUST_VARIANTS`.
+            (``rejection``, ``delta_by_class``, ``delta_by_difficulty``); default
+            :data:`ROBUST_VARIANTS`.
         folds: keyword-only; cross-validation folds over the calibration images (>= 2).
         num_predictive_draws: keyword-only; draws of the globals the held-out predictive
             density averages over.
@@ -242,7 +251,9 @@ def compare_models(
                     **options, **{**fit_options, **_FOLD_SETTINGS},
                 )  # fmt: skip
             per_class = res.delta_by_class_samples
+            ends = res.delta_by_difficulty_samples
             deltas = np.asarray(res.delta_samples if per_class is None else per_class)
+            deltas = deltas if ends is None else ends
             draws = min(num_predictive_draws, deltas.shape[0])
             ll = calibration_log_lik(
                 res.prior,

@@ -45,7 +45,7 @@ from .data import (
     split_levels,
     subsample,
 )
-from .likelihood import Prior, count_bound, uniform_components
+from .likelihood import DifficultyDelta, Prior, count_bound, uniform_components
 from .model import (
     REJECTION_KERNELS,
     ModelConfig,
@@ -53,12 +53,14 @@ from .model import (
     _global_sites,
     component_kinds,
     component_rejection,
+    degree,
     freeze,
     global_guide,
     global_params,
     initial_params,
     negative_elbo,
     param_constraints,
+    polynomial_terms,
     prior_from_params,
     spa_model,
 )
@@ -128,6 +130,12 @@ class FitResult(NamedTuple):
             images' average delta); otherwise ``None``.
         delta_by_class_interval: ``(classes, 2)`` their credible intervals, or ``None``.
         delta_by_class_samples: ``(draws, classes)`` their posterior draws, or ``None``.
+        delta_by_difficulty: with ``delta_by_difficulty=True``, ``(2,)`` posterior means
+            of delta at the hardest and at the easiest image (``p[proposal]`` 0 and 1;
+            ``delta`` and ``delta_samples`` are then the images' average delta);
+            otherwise ``None``.
+        delta_by_difficulty_interval: ``(2, 2)`` their credible intervals, or ``None``.
+        delta_by_difficulty_samples: ``(draws, 2)`` their posterior draws, or ``None``.
     """
 
     delta: float
@@ -156,6 +164,9 @@ class FitResult(NamedTuple):
     delta_by_class: np.ndarray | None = None
     delta_by_class_interval: np.ndarray | None = None
     delta_by_class_samples: np.ndarray | None = None
+    delta_by_difficulty: np.ndarray | None = None
+    delta_by_difficulty_interval: np.ndarray | None = None
+    delta_by_difficulty_samples: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The scalar results as plain Python values (JSON-ready): delta, 1*, their
@@ -178,6 +189,17 @@ class FitResult(NamedTuple):
             "delta_by_class_interval": None
             if self.delta_by_class_interval is None
             else [[float(a), float(b)] for a, b in self.delta_by_class_interval],
+            "delta_by_difficulty": None
+            if self.delta_by_difficulty is None
+            else dict(zip(("hard", "easy"), (float(x) for x in self.delta_by_difficulty))),
+            "delta_by_difficulty_interval": None
+            if self.delta_by_difficulty_interval is None
+            else dict(
+                zip(
+                    ("hard", "easy"),
+                    ([float(a), float(b)] for a, b in self.delta_by_difficulty_interval),
+                )
+            ),
             "steps": int(self.losses.shape[0]),
             "seconds": self.seconds,
             "step_seconds": self.step_seconds,
@@ -302,7 +324,7 @@ def with_kernels(base: Prior, config: ModelConfig) -> Prior:
     if config.rejection != "mixed":
         return Prior(
             base.mean, base.concentration, base.weights,
-            component_kinds(config), component_rejection(config),
+            component_kinds(config), component_rejection(config), degree(config),
         )  # fmt: skip
     share = INITIAL_UNIFORM_SHARE
     return Prior(
@@ -311,6 +333,7 @@ def with_kernels(base: Prior, config: ModelConfig) -> Prior:
         jnp.concatenate([base.weights * (1 - share), base.weights * share], axis=1),
         component_kinds(config),
         component_rejection(config),
+        degree(config),
     )
 
 
@@ -345,7 +368,9 @@ def _optimise(
     if optimizer is None:
         levels = split_levels(data)
         if len(levels) > 1:  # each level with polynomials of its own length
-            config = config._replace(level_terms=tuple(lev.num_terms for lev in levels))
+            config = config._replace(
+                level_terms=tuple(polynomial_terms(lev.num_terms - 1, config) for lev in levels)
+            )
             data = tuple(pad(lev.data) for lev in levels)
         else:
             data = pad(data)
@@ -434,8 +459,11 @@ def _global_draws(key, params, num_draws: int, config: ModelConfig):
         one_star = draws["one_star"]
     else:
         one_star = jnp.full((num_draws,), config.one_star, jnp.result_type(float))
-    # With one delta per class: (draws, classes), each class's delta under the same 1*.
+    # With one delta per class: (draws, classes), each class's delta under the same 1*;
+    # with delta by difficulty: (draws, 2), its ends at t = 0 and t = 1.
     frac = draws["delta_fraction"]
+    if config.delta_by_difficulty:
+        frac = jnp.stack([frac, draws["delta_easy_fraction"]], axis=1)
     return one_star.reshape(-1, *([1] * (frac.ndim - 1))) * frac, one_star
 
 
@@ -444,6 +472,8 @@ def _prior_draws(key, config: ModelConfig, num: int = 4000):
     a, b = config.delta_prior
     dtype = jnp.result_type(float)
     shape = (num, config.num_classes) if config.delta_by_class else (num,)
+    if config.delta_by_difficulty:
+        shape = (num, 2)
     deltas = jax.random.beta(key, a, b, shape, dtype=dtype)
     star = config.one_star if config.one_star is not None else 0.99
     return deltas * star, jnp.full((num,), star, dtype)
@@ -491,7 +521,7 @@ def _summarise(key, prep: Prepared, prior, deltas, stars, level, per_delta, devs
             prior_d,
             deltas_d,
             stars_d,
-            num_terms=lev.num_terms,
+            num_terms=prior.degree * (lev.num_terms - 1) + 1,
             level=level,
             per_delta=per_delta,
             devices=devs,
@@ -541,6 +571,7 @@ def fit(
     delta_from: Literal["calibration", "all"] = "calibration",
     rejection: Literal["proportional", "uniform", "mixed"] = "proportional",
     delta_by_class: bool = False,
+    delta_by_difficulty: bool = False,
     method: Literal["svi", "nuts"] = "svi",
     optimizer: optax.GradientTransformation | None = None,
     max_steps: int | None = None,
@@ -597,6 +628,14 @@ def fit(
             ``delta_by_class`` holds each class's. Needs the default L-BFGS fit
             (``optimizer=None``, ``method="svi"``); the model checks, which test SPA's
             single delta, are not run.
+        delta_by_difficulty: keyword-only; delta depends on the image's difficulty,
+            linearly in ``t = p[proposal]``: ``delta(t) = hard (1 - t) + easy t``
+            (annotators who lean on the proposal more, or less, when the image is hard),
+            each end with the prior ``delta_prior``. The likelihood stays exact: each
+            image's polynomial in ``t`` has degree 2N instead of N. ``delta`` is then the
+            images' average delta (at their posterior mean ``p[proposal]``) and
+            ``delta_by_difficulty`` holds ``(hard, easy)``. Needs the default L-BFGS fit;
+            not with ``delta_by_class``; the model checks of SPA are not run.
         method: keyword-only; ``"svi"``, or ``"nuts"`` (the prior from the optimiser, then
             NUTS on the globals; with the cut, NUTS samples the cut posterior itself).
         optimizer: keyword-only; ``None`` (default): full-batch L-BFGS on the
@@ -674,9 +713,18 @@ def fit(
     _checks.check_choice("method", method, ("svi", "nuts"))
     _checks.check_choice("delta_from", delta_from, ("calibration", "all"))
     _checks.check_choice("rejection", rejection, REJECTION_KERNELS)
-    if delta_by_class and (optimizer is not None or method != "svi"):
+    for name, on in (
+        ("delta_by_class", delta_by_class),
+        ("delta_by_difficulty", delta_by_difficulty),
+    ):
+        if on and (optimizer is not None or method != "svi"):
+            raise ValueError(
+                f"`{name}=True` needs the default L-BFGS fit (optimizer=None, method='svi')"
+            )
+    if delta_by_class and delta_by_difficulty:
         raise ValueError(
-            "`delta_by_class=True` needs the default L-BFGS fit (optimizer=None, method='svi')"
+            "`delta_by_class` and `delta_by_difficulty` cannot be combined; choose one "
+            "(cleverjax.compare_models compares them)"
         )
     if one_star is not None and not 0 < one_star <= 1:
         raise ValueError(f"`one_star` must lie in (0, 1] or be None (learned); got {one_star}")
@@ -719,7 +767,9 @@ def fit(
         spikes=bool(spikes),
         rejection=rejection,
         delta_by_class=bool(delta_by_class),
+        delta_by_difficulty=bool(delta_by_difficulty),
     )
+    config = config._replace(num_terms=polynomial_terms(prep.num_terms - 1, config))
     identified, cal_images, cal_annotations = _identification(prep)
     if not identified:
         _warn_identification(cal_images, cal_annotations)
@@ -754,14 +804,22 @@ def fit(
     else:
         glob = {k: opt.params[k] for k in global_params(opt.params, config)}
         all_deltas, all_stars = _global_draws(k_draw, glob, 4000, config)
-    # With one delta per class, draws are ordered by the images' average delta.
+    # With one delta per class, draws are ordered by the images' average delta; with
+    # delta by difficulty, by the average of its two ends.
     per_class = np.asarray(all_deltas) if delta_by_class else None
+    ends = np.asarray(all_deltas) if delta_by_difficulty else None
     if delta_by_class:
         shares = np.bincount(prep.proposals, minlength=config.num_classes) / len(prep.proposals)
         all_deltas = jnp.asarray(per_class @ shares, per_class.dtype)
+    if delta_by_difficulty:
+        all_deltas = jnp.asarray(ends.mean(axis=1))
     pick = stratified_index(all_deltas, int(num_draws))
-    chosen = per_class[pick] if delta_by_class else np.asarray(all_deltas)[pick]
+    chosen = np.asarray(all_deltas)[pick]
+    if per_class is not None:
+        chosen = per_class[pick]
     deltas, stars = jnp.asarray(chosen), jnp.asarray(np.asarray(all_stars)[pick])
+    if ends is not None:
+        deltas = DifficultyDelta(*jnp.asarray(ends[pick]).T)
     draws_s = lap()
 
     # 3. Every image's posterior.
@@ -770,6 +828,9 @@ def fit(
     rows = jnp.asarray(prep.inverse)
     mean, lower, upper = (None if x is None else x[rows] for x in out[:3])
     posterior_mean = jax.block_until_ready(mean)
+    if ends is not None:  # the images' average delta, at their posterior mean p[rho]
+        t_bar = _mean_on_proposal(prep, np.asarray(out[0]))
+        all_deltas = jnp.asarray(ends @ np.array([1 - t_bar, t_bar]), ends.dtype)
     summaries_s = lap()
 
     # 4. The predictive check, from the rows' exact predictive moments.
@@ -790,7 +851,7 @@ def fit(
             num_replicates=int(num_ppc_replicates),
         )
     checks: tuple[ModelCheck, ...] = ()
-    if check_model and cal_images > 0 and not delta_by_class:
+    if check_model and cal_images > 0 and not (delta_by_class or delta_by_difficulty):
         # Checks 1 and 2 read the calibration images alone: pass only those (the same
         # result, without copies of every image's counts).
         cal = np.flatnonzero((prep.counts.sum(axis=1) > 0) & (prep.unbiased.sum(axis=1) > 0))
@@ -831,7 +892,19 @@ def fit(
         delta_by_class=None if per_class is None else per_class.mean(axis=0),
         delta_by_class_interval=None if per_class is None else _intervals(per_class, level),
         delta_by_class_samples=per_class,
+        delta_by_difficulty=None if ends is None else ends.mean(axis=0),
+        delta_by_difficulty_interval=None if ends is None else _intervals(ends, level),
+        delta_by_difficulty_samples=ends,
     )
+
+
+def _mean_on_proposal(prep: Prepared, row_means: np.ndarray) -> float:
+    """The images' average posterior mean of ``p[proposal]``, from the rows' means."""
+    data = prep.data
+    rows = data.num_rows
+    on_rho = row_means[np.arange(rows), np.asarray(data.proposals)]
+    weight = np.asarray(data.weight, np.float64)
+    return float(np.sum(weight * on_rho) / weight.sum())
 
 
 def _uniform_share(prep: Prepared, prior: Prior) -> float:

@@ -64,6 +64,10 @@ class Prior(eqx.Module):
             ``p[rho] = 0``, 2 spike at ``p[rho] = 1``.
         uniform_rejection: static tuple, one bool per component (empty: none): the
             component's rejections choose uniformly among the other classes.
+        degree: static; degree in ``t = p[rho]`` of one biased annotation's acceptance
+            probability: 1 under SPA (``A(t) = delta (1 - t) + 1* t``), 2 when delta
+            depends on the image's difficulty (see :class:`DifficultyDelta`). The
+            polynomial of an image with N biased annotations has degree ``degree * N``.
     """
 
     mean: Float[Array, "groups components classes"]
@@ -71,6 +75,24 @@ class Prior(eqx.Module):
     weights: Float[Array, "groups components"]
     kind: tuple[int, ...] = eqx.field(static=True)
     uniform_rejection: tuple[bool, ...] = eqx.field(static=True, default=())
+    degree: int = eqx.field(static=True, default=1)
+
+
+class DifficultyDelta(NamedTuple):
+    """Delta that depends on the image's difficulty, linearly in ``t = p[rho]``:
+    ``delta(t) = hard (1 - t) + easy t``. ``hard`` is the acceptance bias of an image
+    whose proposal no annotator would choose, ``easy`` that of an image whose proposal
+    every annotator would choose; ``hard == easy`` is SPA.
+
+    With ``x = 1 - t`` and ``y = t`` the acceptance probability is a quadratic form,
+    ``A(t) = hard x^2 + (easy + 1*) x y + 1* y^2``, and ``1 - A(t) = (1 - hard) x^2 +
+    (2 - easy - 1*) x y + (1 - 1*) y^2``: every coefficient is non-negative for
+    ``0 <= hard, easy <= 1* <= 1``, so the weights of the degree-2N polynomial are sums
+    of positive terms (no cancellation in float32).
+    """
+
+    hard: Array
+    easy: Array
 
 
 class AnnotatorData(NamedTuple):
@@ -408,12 +430,48 @@ def windowed_log_weights(c_rho, n, delta, one_star, num_terms: int, window: int)
     return out.reshape(blocks * per_block, num_terms)[:pairs]
 
 
+def log_weights_difficulty(
+    c_rho: Array, n: Array, delta: DifficultyDelta, one_star: Array, num_terms: int
+) -> Float[Array, "pairs terms"]:
+    """log W_s, s = 0..num_terms-1, of ``A^c (1-A)^(N-c)`` in the basis
+    ``t^s (1-t)^(2N-s)`` when delta depends on difficulty (see :class:`DifficultyDelta`):
+    the product of ``c`` accepting and ``N - c`` rejecting quadratic factors, expanded by
+    dynamic programming over the annotations (``O(N)`` steps of ``O(T)`` per pair), in
+    log space. ``-inf`` for ``s > 2N``; ``num_terms`` must exceed ``2 max(N)``."""
+    dtype = jnp.result_type(delta.hard, one_star)
+    tiny = jnp.finfo(dtype).tiny
+    # A huge negative number, not -inf: logaddexp(-inf, -inf) has a NaN gradient.
+    neg = jnp.asarray(-1e30, dtype)
+    hard, easy, star = (jnp.asarray(x, dtype) for x in (delta.hard, delta.easy, one_star))
+    log_acc = jnp.log(jnp.maximum(jnp.stack([hard, easy + star, star]), tiny))
+    log_rej = jnp.log(jnp.maximum(jnp.stack([1 - hard, 2 - easy - star, 1 - star]), tiny))
+    pairs = c_rho.shape[0]
+    start = jnp.full((pairs, num_terms), neg, dtype).at[:, 0].set(0.0)
+    pad = jnp.full((pairs, 1), neg, dtype)
+
+    def step(log_w, j):
+        # Factor j: accepting for j < c, rejecting for c <= j < N, none beyond.
+        f = jnp.where((j < c_rho)[:, None], log_acc[None, :], log_rej[None, :])
+        by1 = jnp.concatenate([pad, log_w[:, :-1]], axis=1)
+        by2 = jnp.concatenate([pad, pad, log_w[:, :-2]], axis=1)
+        stacked = jnp.stack([log_w + f[:, :1], by1 + f[:, 1:2], by2 + f[:, 2:]])
+        new = jax.scipy.special.logsumexp(stacked, axis=0)
+        return jnp.where((j < n)[:, None], new, log_w), None
+
+    log_w, _ = jax.lax.scan(step, start, jnp.arange((num_terms - 1) // 2))
+    s = jnp.arange(num_terms)[None, :]
+    return jnp.where(s <= 2 * n[:, None], log_w, -jnp.inf)
+
+
 def pair_log_weights(
-    c_rho: Array, n: Array, delta: Array, one_star: Array, num_terms: int
+    c_rho: Array, n: Array, delta: Array | DifficultyDelta, one_star: Array, num_terms: int
 ) -> Float[Array, "*classes pairs terms"]:
     """:func:`log_weights_counts` for a scalar ``delta``; for one delta per proposed class
     (``delta`` of shape ``(classes,)``), the weights of every pair under every class's
-    delta, ``(classes, pairs, terms)``."""
+    delta, ``(classes, pairs, terms)``; for a :class:`DifficultyDelta`,
+    :func:`log_weights_difficulty`."""
+    if isinstance(delta, DifficultyDelta):
+        return log_weights_difficulty(c_rho, n, delta, one_star, num_terms)
     if jnp.ndim(delta) == 0:
         return log_weights_counts(c_rho, n, delta, one_star, num_terms)
     return jax.vmap(lambda d: log_weights_counts(c_rho, n, d, one_star, num_terms))(delta)
@@ -426,7 +484,7 @@ def pick_weights(log_w: Array, rho: Array, pair: Array) -> Float[Array, "entries
 
 
 def table_log_weights(
-    table: EntryTable, delta: Array, one_star: Array, num_terms: int
+    table: EntryTable, delta: Array | DifficultyDelta, one_star: Array, num_terms: int
 ) -> Float[Array, "entries terms"]:
     """log W_s of every entry, computed once per (c, N) pair (and proposed class, when
     ``delta`` has one value per class)."""
@@ -435,7 +493,13 @@ def table_log_weights(
 
 
 def entry_log_weights(
-    table: EntryTable, delta: Array, one_star: Array, num_terms: int, *, num_classes: int, cut: bool
+    table: EntryTable,
+    delta: Array | DifficultyDelta,
+    one_star: Array,
+    num_terms: int,
+    *,
+    num_classes: int,
+    cut: bool,
 ) -> Float[Array, "entries terms"]:
     """log W_s of every entry. With ``cut``, entries that are not calibration data see
     delta and 1* through ``stop_gradient``: they cannot move them (a cut posterior)."""
@@ -628,6 +692,11 @@ class TBasis(NamedTuple):
     b_t: Float[Array, "entries comps"]
 
 
+def _degree(table: EntryTable, prior: Prior, dtype) -> Array:
+    """``(entries, 1, 1)`` degree of each entry's polynomial in t: ``prior.degree * N``."""
+    return (prior.degree * table.n).astype(dtype)[:, None, None]
+
+
 def t_basis(table: EntryTable, prior: Prior, num_terms: int) -> TBasis:
     """What :func:`t_part` needs from the prior: the Beta-function ratios do not depend
     on delta, so a caller that integrates over delta computes them once for every node."""
@@ -638,7 +707,7 @@ def t_basis(table: EntryTable, prior: Prior, num_terms: int) -> TBasis:
     share = jnp.take_along_axis(prior.mean[table.group], table.rho[:, None, None], axis=2)[..., 0]
     a_t = jnp.maximum(conc * share, MIN_ALPHA)
     b_t = jnp.maximum(conc * (1 - share), MIN_ALPHA)
-    n = table.n.astype(dtype)[:, None, None]
+    n = _degree(table, prior, dtype)
     m = table.m.astype(dtype)[:, None, None]
     u = table.u.astype(dtype)[:, None, None]
     s = jnp.arange(num_terms, dtype=dtype)[None, None, :]
@@ -655,13 +724,13 @@ def t_part_given(table: EntryTable, prior: Prior, basis: TBasis, log_w: Array) -
     """:func:`t_part` from its delta-free half ``basis`` (:func:`t_basis`)."""
     dtype = log_w.dtype
     kinds = np.asarray(prior.kind)
-    n = table.n.astype(dtype)[:, None, None]
+    n = _degree(table, prior, dtype)
     m = table.m.astype(dtype)[:, None, None]
     u = table.u.astype(dtype)[:, None, None]
     s = jnp.arange(log_w.shape[1], dtype=dtype)[None, None, :]
     log_mix_d = log_w[:, None, :] + basis.log_beta
     # Spikes: t = 0 keeps only the s = 0 term (and needs no unbiased vote for rho);
-    # t = 1 keeps only s = N (and needs every unbiased vote on rho).
+    # t = 1 keeps only the last term, s = degree (and needs every unbiased vote on rho).
     spikes = []
     for kind in kinds[kinds > 0]:
         keep = (s == 0) & (u == 0) if kind == 1 else (s == n) & (u == m)
@@ -694,24 +763,27 @@ def _term_weights(log_mix: Array) -> Array:
     return jnp.where(ok, w / jnp.where(ok, jnp.sum(w, axis=-1, keepdims=True), 1.0), 0.0)
 
 
-def entry_moments_t(table: EntryTable, prior: Prior, t: TPart) -> tuple[Array, Array]:
-    """Posterior mean and second moment of t per entry and component (exact: each Beta
-    term's moments, weighted by the term's posterior weight)."""
+def entry_moments_t(table: EntryTable, prior: Prior, t: TPart, order: int = 2) -> tuple[Array, ...]:
+    """Posterior raw moments ``E[t^k]``, k = 1..order, per entry and component (exact:
+    each Beta term's moments, weighted by the term's posterior weight)."""
     dtype = t.log_mix.dtype
     mix = _term_weights(t.log_mix)  # (E, comps, terms)
     s = jnp.arange(t.log_mix.shape[-1], dtype=dtype)[None, None, :]
-    total = (t.a_t + t.b_t + (table.n + table.m).astype(dtype)[:, None])[..., None]
+    degree = (prior.degree * table.n + table.m).astype(dtype)[:, None]
+    total = (t.a_t + t.b_t + degree)[..., None]
     a = t.a_t[..., None] + table.u.astype(dtype)[:, None, None] + s
-    first = jnp.sum(mix * (a / total), axis=-1)
-    second = jnp.sum(mix * (a * (a + 1) / (total * (total + 1))), axis=-1)
     kind = jnp.asarray(prior.kind)[None, :]
     spike = jnp.where(kind == 1, 0.0, 1.0).astype(dtype)  # t = 0 or t = 1 exactly
-    return jnp.where(kind == 0, first, spike), jnp.where(kind == 0, second, spike)
+    out, ratio = [], jnp.ones_like(a)
+    for k in range(order):  # Beta raw moments: prod_{i<k} (a + i) / (a + b + i)
+        ratio = ratio * (a + k) / (total + k)
+        out.append(jnp.where(kind == 0, jnp.sum(mix * ratio, axis=-1), spike))
+    return tuple(out)
 
 
 def entry_mean_t(table: EntryTable, prior: Prior, t: TPart) -> Float[Array, "entries comps"]:
     """Posterior mean of t per entry and component."""
-    return entry_moments_t(table, prior, t)[0]
+    return entry_moments_t(table, prior, t, order=1)[0]
 
 
 def responsibilities(data: SPAData, rows: RowPart, t: TPart) -> Float[Array, "rows comps"]:

@@ -22,6 +22,7 @@ from .data import LivePairs, SPAData, entry_calibrated, live_pairs
 from .likelihood import (
     CONCENTRATION_BOUNDS,
     AnnotatorData,
+    DifficultyDelta,
     Prior,
     entry_log_weights,
     log_likelihood,
@@ -61,6 +62,11 @@ class ModelConfig(NamedTuple):
             and ``tau`` learned (empirical Bayes), so that classes with few calibration
             images borrow strength from the others. Only :func:`negative_elbo` (the
             L-BFGS fit) supports it.
+        delta_by_difficulty: delta depends on the image's difficulty, linearly in
+            ``t = p[rho]`` (see :class:`cleverjax.bayes.likelihood.DifficultyDelta`): two
+            global sites, ``delta_fraction`` (``hard / 1*``, at ``t = 0``) and
+            ``delta_easy_fraction`` (``easy / 1*``, at ``t = 1``), each with the Beta
+            prior ``delta_prior``. Only :func:`negative_elbo` supports it.
         count_bounds: per level of the data given to :func:`negative_elbo`, a bound on
             the rows' counts (see :func:`cleverjax.bayes.likelihood.count_bound`) that
             lets the row part look its Gamma functions up in a table (0, or empty:
@@ -85,6 +91,18 @@ class ModelConfig(NamedTuple):
     rejection: str = "proportional"
     delta_by_class: bool = False
     count_bounds: tuple[int, ...] = ()
+    delta_by_difficulty: bool = False
+
+
+def degree(config: ModelConfig) -> int:
+    """Degree in ``t`` of one biased annotation's acceptance probability (see
+    :attr:`cleverjax.bayes.likelihood.Prior.degree`)."""
+    return 2 if config.delta_by_difficulty else 1
+
+
+def polynomial_terms(max_annotations: int, config: ModelConfig) -> int:
+    """Polynomial terms of rows with at most ``max_annotations`` biased annotations."""
+    return degree(config) * max_annotations + 1
 
 
 REJECTION_KERNELS = ("proportional", "uniform", "mixed")
@@ -137,7 +155,9 @@ def _prior_from(mean_logits, conc, weight_logits, uniform_logit, config: ModelCo
         mean = jnp.concatenate([mean, mean], axis=1)
         conc = jnp.concatenate([conc, conc], axis=1)
         weights = jnp.concatenate([weights * (1 - share), weights * share], axis=1)
-    return Prior(mean, conc, weights, component_kinds(config), component_rejection(config))
+    return Prior(
+        mean, conc, weights, component_kinds(config), component_rejection(config), degree(config)
+    )
 
 
 def _prior_params(config: ModelConfig, init: Prior) -> Prior:
@@ -240,6 +260,8 @@ def global_guide(
 
 def _global_sites(config: ModelConfig) -> list[tuple[str, float]]:
     sites = [("delta_fraction", float(np.log(0.2 / 0.8)))]
+    if config.delta_by_difficulty:
+        sites.append(("delta_easy_fraction", float(np.log(0.2 / 0.8))))
     if config.one_star is None:
         sites.append(("one_star", float(np.log(0.95 / 0.05))))
     return sites
@@ -373,7 +395,10 @@ def _globals_at(source: dict, z: Array, config: ModelConfig):
         # when delta has one value per class: the guide is a product over them).
         log_q = log_q + jnp.sum(dist.Normal(loc, scale).log_prob(x) - jnp.log(v) - jnp.log1p(-v))
     star = values["one_star"] if "one_star" in values else jnp.asarray(config.one_star, dtype)
-    return values, star * values["delta_fraction"], star, log_q
+    delta = star * values["delta_fraction"]
+    if config.delta_by_difficulty:
+        delta = DifficultyDelta(delta, star * values["delta_easy_fraction"])
+    return values, delta, star, log_q
 
 
 def _levels(data, config: ModelConfig) -> tuple[tuple[SPAData, ...], tuple[int, ...]]:
@@ -481,6 +506,10 @@ def negative_elbo(params: dict, data, frozen, config: ModelConfig) -> Array:
     def at(zi, frozen_w):
         values, delta, star, log_q = _globals_at(params, zi, config)
         log_joint = _delta_log_prior(params, values["delta_fraction"], zi[0], config) - log_q
+        if config.delta_by_difficulty:
+            log_joint = log_joint + dist.Beta(*config.delta_prior).log_prob(
+                values["delta_easy_fraction"]
+            )
         if "one_star" in values:
             log_joint = log_joint + dist.Beta(*config.one_star_prior).log_prob(star)
         for d, n, r, b, cal, f, lv in zip(levels, terms, rows, bases, calibrated, frozen_w, live):

@@ -22,6 +22,7 @@ from jaxtyping import Array, Float
 from .._random import categorical, flat_draw, log_gamma, log_gamma_rows
 from .data import SPAData, numpy_rng
 from .likelihood import (
+    DifficultyDelta,
     Prior,
     RowPart,
     TPart,
@@ -116,7 +117,7 @@ def _gamma_shapes(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num
     s = jnp.minimum(_search(cdf[entry, z], u), t.log_mix.shape[-1] - 1).astype(dtype)
     table = data.table
     a = t.a_t[entry, z] + table.u[entry].astype(dtype) + s
-    b = t.b_t[entry, z] + (table.m + table.n - table.u)[entry].astype(dtype) - s
+    b = t.b_t[entry, z] + (table.m + prior.degree * table.n - table.u)[entry].astype(dtype) - s
     is_rho = _is_rho(data.proposals, num_classes)[None]
     a_rest = rows.a_rest[jnp.arange(data.num_rows)[None, :], z]  # (draws, rows, K)
     shapes = jnp.concatenate([a[..., None], b[..., None], jnp.where(is_rho, 1.0, a_rest)], axis=-1)
@@ -269,17 +270,44 @@ class Summaries(NamedTuple):
     accepted_var: Float[Array, "rows draws"]
 
 
-def accepted_moments(data: SPAData, resp, first, second, delta, one_star):
+def acceptance_coefficients(delta, one_star) -> tuple[Array, Array, Array]:
+    """``(alpha, beta, gamma)`` of the acceptance probability as a polynomial in
+    ``t = p[rho]``, ``A(t) = alpha + beta t + gamma t^2``: under SPA ``delta + (1* -
+    delta) t``; with a :class:`DifficultyDelta` ``hard + (easy + 1* - 2 hard) t +
+    (hard - easy) t^2``."""
+    if isinstance(delta, DifficultyDelta):
+        h, e = delta.hard, delta.easy
+        return h, e + one_star - 2 * h, h - e
+    return delta, one_star - delta, jnp.zeros_like(delta)
+
+
+def moments_needed(deltas) -> int:
+    """Raw moments of t that :func:`accepted_moments` needs: 2 under SPA, 4 when the
+    acceptance probability is quadratic in t."""
+    return 4 if isinstance(deltas, DifficultyDelta) else 2
+
+
+def accepted_moments(data: SPAData, resp, moments, delta, one_star):
     """Predictive mean and variance of each row's count on the proposal, given the globals:
-    ``c ~ Binomial(N, a)`` with ``a = delta + (1* - delta) t`` and ``t`` from the row's
-    posterior (its component responsibilities ``resp`` and the entries' moments of t)."""
+    ``c ~ Binomial(N, a)`` with ``a = A(t)`` (see :func:`acceptance_coefficients`) and
+    ``t`` from the row's posterior (its component responsibilities ``resp`` and the
+    entries' raw moments of t, :func:`moments_needed` of them)."""
     dtype = resp.dtype
-    if jnp.ndim(delta) > 0:  # one delta per proposed class
+    if not isinstance(delta, DifficultyDelta) and jnp.ndim(delta) > 0:  # one per class
         delta = delta[data.proposals]
-    et = jnp.sum(resp * first[data.entry], axis=-1)
-    et2 = jnp.sum(resp * second[data.entry], axis=-1)
-    a = delta + (one_star - delta) * et
-    var_a = (one_star - delta) ** 2 * jnp.maximum(et2 - et**2, 0.0)
+    m = [jnp.sum(resp * x[data.entry], axis=-1) for x in moments]
+    alpha, beta, gamma = acceptance_coefficients(delta, one_star)
+    if len(m) == 2:  # linear in t
+        a = alpha + beta * m[0]
+        var_a = beta**2 * jnp.maximum(m[1] - m[0] ** 2, 0.0)
+    else:
+        a = alpha + beta * m[0] + gamma * m[1]
+        var_a = jnp.maximum(
+            beta**2 * (m[1] - m[0] ** 2)
+            + gamma**2 * (m[3] - m[1] ** 2)
+            + 2 * beta * gamma * (m[2] - m[0] * m[1]),
+            0.0,
+        )
     n = jnp.sum(data.counts, axis=1).astype(dtype)
     return n * a, n * a * (1 - a) + n * (n - 1) * var_a
 
@@ -291,7 +319,7 @@ def summaries(
     key_data,
     data: SPAData,
     prior: Prior,
-    deltas: Array,
+    deltas: Array | DifficultyDelta,
     stars: Array,
     *,
     num_terms: int,
@@ -326,9 +354,9 @@ def summaries(
             log_w, k, delta, star = args
             t = t_part_given(block.table, prior, basis, log_w)
             resp = responsibilities(block, rows, t)
-            first, second = entry_moments_t(block.table, prior, t)
-            mean = posterior_mean_given(block, rows, t, first, resp)
-            acc = accepted_moments(block, resp, first, second, delta, star)
+            moments = entry_moments_t(block.table, prior, t, moments_needed(delta))
+            mean = posterior_mean_given(block, rows, t, moments[0], resp)
+            acc = accepted_moments(block, resp, moments, delta, star)
             if not per_delta:  # no intervals asked for
                 return mean, acc, None
             keys = jax.vmap(lambda i: jax.random.fold_in(k, i))(ids)
@@ -342,8 +370,9 @@ def summaries(
             lower, upper = equal_tailed(draws, level, axis=1)
         return Summaries(jnp.mean(means, axis=0), lower, upper, acc[0].T, acc[1].T)
 
-    per_row = deltas.shape[0] * max(per_delta, 1) * num_classes
-    shared = deltas.shape[0] * data.table.num_entries * prior.weights.shape[1] * num_terms
+    num_draws = stars.shape[0]
+    per_row = num_draws * max(per_delta, 1) * num_classes
+    shared = num_draws * data.table.num_entries * prior.weights.shape[1] * num_terms
     return map_rows(
         block_fn,
         data,
