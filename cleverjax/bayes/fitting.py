@@ -634,8 +634,12 @@ def fit(
             each end with the prior ``delta_prior``. The likelihood stays exact: each
             image's polynomial in ``t`` has degree 2N instead of N. ``delta`` is then the
             images' average delta (at their posterior mean ``p[proposal]``) and
-            ``delta_by_difficulty`` holds ``(hard, easy)``. Needs the default L-BFGS fit;
-            not with ``delta_by_class``; the model checks of SPA are not run.
+            ``delta_by_difficulty`` holds ``(hard, easy)``. The slope leans on the
+            learned prior of ``p[proposal]`` more than SPA's delta does: where that prior
+            family fits poorly (argmax proposals on diverse data, see
+            benchmarks/RESULTS.md) the two ends can differ under SPA annotators, so choose
+            the variant with :func:`cleverjax.compare_models`. Needs the default L-BFGS
+            fit; not with ``delta_by_class``; the model checks of SPA are not run.
         method: keyword-only; ``"svi"``, or ``"nuts"`` (the prior from the optimiser, then
             NUTS on the globals; with the cut, NUTS samples the cut posterior itself).
         optimizer: keyword-only; ``None`` (default): full-batch L-BFGS on the
