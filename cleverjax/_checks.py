@@ -189,6 +189,19 @@ def _int_at_least(name: str, value: Any, low: int, what: str) -> int:
     return int(value)
 
 
+def beta_pair(name: str, prior: Any) -> tuple[float, float]:
+    """The ``(a, b)`` of a Beta prior as two positive finite floats."""
+    try:
+        a, b = (float(v) for v in prior)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"`{name}` must be a pair (a, b) of Beta parameters; got {prior!r}"
+        ) from err
+    if not (a > 0 and b > 0 and np.isfinite(a) and np.isfinite(b)):
+        raise ValueError(f"`{name}` must be two positive finite numbers; got {prior!r}")
+    return a, b
+
+
 def positive_int(name: str, value: Any) -> int:
     """A Python or NumPy integer ``>= 1`` (not a bool), as ``int``."""
     return _int_at_least(name, value, 1, "positive")

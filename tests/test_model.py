@@ -471,6 +471,39 @@ def test_posterior_predictive_check(fitted):
     assert wrong.ppc.p_value < 1e-3
 
 
+def test_default_fit_draws_delta_from_its_exact_posterior(cut_case):
+    """The default fit's draws of delta follow the exact grid posterior given its prior:
+    mean within 4 Monte Carlo errors (4000 draws), interval ends within a tenth of a
+    posterior sd. Control: the exact posterior under another delta prior is rejected."""
+    biased, rho, unbiased, guide_fit, cut, _ = cut_case
+    res = cj.fit(jax.random.key(5), biased, rho, unbiased_counts=unbiased, num_ppc_replicates=0)
+    assert res.delta_draws == "exact" and res.to_dict()["delta_draws"] == "exact"
+    # Same prior as the fixture's fit (the optimisation is the same), so the same target.
+    np.testing.assert_array_equal(np.asarray(res.prior.mean), np.asarray(guide_fit.prior.mean))
+    exact = cj.exact_delta_posterior(biased, rho, unbiased_counts=unbiased, prior=res.prior)
+    sd = _exact_sd(exact)
+    draws = np.asarray(res.delta_samples)
+    assert abs(draws.mean() - exact.mean) <= 4 * sd / np.sqrt(draws.shape[0])
+    np.testing.assert_allclose(res.delta_interval, exact.interval, atol=0.1 * sd)
+    other = cj.exact_delta_posterior(
+        biased, rho, unbiased_counts=unbiased, prior=res.prior, delta_prior=(20.0, 2.0)
+    )
+    assert abs(draws.mean() - other.mean) > 4 * sd / np.sqrt(draws.shape[0])
+
+
+def test_draws_from_a_grid_follow_its_density():
+    """Draws from a Beta(3, 5) density on a Gauss-Legendre grid pass a Kolmogorov-Smirnov
+    test against that Beta (alpha = 0.01); control: Beta(3.6, 5) is rejected."""
+    from cleverjax.bayes.exact import draws_from_grid
+
+    nodes, w = np.polynomial.legendre.leggauss(128)
+    grid = (nodes + 1) / 2
+    log_post = stats.beta.logpdf(grid, 3, 5) + np.log(w / 2)
+    draws = draws_from_grid(jax.random.key(0), grid, log_post, 4000)
+    assert stats.kstest(draws, stats.beta(3, 5).cdf).pvalue > 0.01
+    assert stats.kstest(draws, stats.beta(3.6, 5).cdf).pvalue < 0.01
+
+
 def _exact_sd(post) -> float:
     grid, weights = np.asarray(post.grid, float), np.asarray(post.weights, float)
     return float(np.sqrt(np.sum(weights * (grid - post.mean) ** 2)))
@@ -480,7 +513,10 @@ def _exact_sd(post) -> float:
 def cut_case():
     # Few calibration images among many: the cut and the full posterior differ in spread.
     p, rho, biased, unbiased = campaign(4, n=400, calibration=40)
-    res = cj.fit(jax.random.key(5), biased, rho, unbiased_counts=unbiased, num_ppc_replicates=0)
+    res = cj.fit(
+        jax.random.key(5), biased, rho, unbiased_counts=unbiased, num_ppc_replicates=0,
+        exact_delta=False,
+    )  # fmt: skip
     kwargs = dict(unbiased_counts=unbiased, prior=res.prior)
     cut = cj.exact_delta_posterior(biased, rho, delta_from="calibration", **kwargs)
     full = cj.exact_delta_posterior(biased, rho, delta_from="all", **kwargs)
@@ -489,6 +525,7 @@ def cut_case():
 
 def test_cut_posterior_matches_the_exact_cut_in_mean_and_spread(cut_case):
     biased, rho, unbiased, res, cut, full = cut_case
+    assert res.delta_draws == "variational"  # the guide itself is tested here
     sd_cut, sd_full = _exact_sd(cut), _exact_sd(full)
     assert sd_cut > 1.5 * sd_full  # the two targets can be told apart by their spread
     draws = np.asarray(res.delta_samples)

@@ -19,7 +19,6 @@ from .. import _checks
 from .._random import as_typed_key
 from .data import SPAData, prepare
 from .fitting import (
-    _check_beta_prior,
     _identification,
     _interval,
     _intervals,
@@ -235,7 +234,7 @@ def fit_annotators(
         )
     if table.num_annotations == 0:
         raise ValueError("`table` holds no annotations")
-    a, b = _check_beta_prior("delta_prior", delta_prior)
+    a, b = _checks.beta_pair("delta_prior", delta_prior)
     if not 0 < one_star <= 1:
         raise ValueError(f"`one_star` must lie in (0, 1]; got {one_star}")
     _checks.check_choice("delta_from", delta_from, ("calibration", "all"))

@@ -9,13 +9,13 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import logsumexp
 from jaxtyping import Array, Float
 
 from .. import _checks
 from .._checks import ArrayIn
-from .data import SPAData, calibrated, pad, prepare
-from .fitting import _check_beta_prior
-from .likelihood import Prior, log_likelihood, table_log_weights
+from .data import SPAData, calibrated, numpy_rng, pad, prepare
+from .likelihood import Prior, log_marginal, row_part, t_basis, t_part_given, table_log_weights
 
 
 class DeltaPosterior(NamedTuple):
@@ -44,11 +44,23 @@ def log_likelihood_grid(
     """Total log likelihood of ``data`` at every delta of ``grid`` (1* fixed). The data are
     an argument, so one compiled program serves every data set of the same padded shape."""
 
+    rows = row_part(data, prior)  # the delta-free parts, once for every point
+    basis = t_basis(data.table, prior, num_terms)
+
     def one(d):
         log_w = table_log_weights(data.table, d, one_star, num_terms)
-        return jnp.sum(data.weight * log_likelihood(data, prior, log_w))
+        t = t_part_given(data.table, prior, basis, log_w)
+        return jnp.sum(data.weight * logsumexp(log_marginal(data, rows, t), axis=-1))
 
-    return jax.lax.map(one, grid)
+    # Points in batches as large as a bounded working set allows (few rows: all at once).
+    per_point = data.table.num_entries * prior.weights.shape[1] * num_terms
+    batch = int(max(1, min(grid.shape[0], GRID_BATCH_ELEMENTS // max(per_point, 1))))
+    return jax.lax.map(one, grid, batch_size=batch)
+
+
+GRID_BATCH_ELEMENTS = 2**24
+"""Elements of the per-point t part that :func:`log_likelihood_grid` may hold for a batch
+of grid points at once."""
 
 
 def exact_delta_posterior(
@@ -91,40 +103,70 @@ def exact_delta_posterior(
             no calibration images or probes (delta's posterior is then its prior).
     """
     prep = prepare(counts, proposals, unbiased_counts, probe)
-    a, b = _check_beta_prior("delta_prior", delta_prior)
+    a, b = _checks.beta_pair("delta_prior", delta_prior)
     if not 0 < one_star <= 1:
         raise ValueError(f"`one_star` must lie in (0, 1]; got {one_star}")
     if not 0 < level < 1:
         raise ValueError(f"`level` must lie in (0, 1); got {level}")
     _checks.check_choice("delta_from", delta_from, ("calibration", "all"))
-    dtype = jnp.result_type(float)
     data = prep.data
     if delta_from == "calibration":
         keep = np.asarray(calibrated(data))
         if not keep.any():
             raise ValueError("no calibration images or probes: delta's posterior is its prior")
         data = data.take(np.flatnonzero(keep))
-    data = pad(data)
-    star = jnp.asarray(one_star, dtype)
+    grid, log_post = grid_posterior(
+        pad(data), prior, one_star, (a, b), num_terms=prep.num_terms, num_points=num_points
+    )
+    log_evidence = float(jax.scipy.special.logsumexp(log_post))
+    wts = np.asarray(jax.nn.softmax(log_post))
+    mean = float(np.sum(wts * grid))
+    cdf = np.cumsum(wts)
+    tail = (1 - level) / 2
+    interval = (float(np.interp(tail, cdf, grid)), float(np.interp(1 - tail, cdf, grid)))
+    return DeltaPosterior(jnp.asarray(grid), jnp.asarray(wts), mean, interval, log_evidence)
 
-    def stage(lo, hi):
-        nodes, w = np.polynomial.legendre.leggauss(num_points)
-        grid = jnp.asarray(lo + (hi - lo) * (nodes + 1) / 2, dtype)
-        ll = log_likelihood_grid(data, prior, grid, star, num_terms=prep.num_terms)
-        log_prior = jax.scipy.stats.beta.logpdf(grid / star, a, b) - jnp.log(star)
-        return grid, ll + log_prior + jnp.asarray(np.log(w * (hi - lo) / 2), dtype)
+
+def grid_posterior(
+    data: SPAData,
+    prior: Prior,
+    one_star: float,
+    delta_prior: tuple[float, float],
+    *,
+    num_terms: int,
+    num_points: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The grid and the log of prior times likelihood times quadrature weight at each
+    point (its softmax: each point's posterior probability) of delta given ``data`` (the
+    rows that inform delta, padded) and ``prior``: Gauss-Legendre nodes over ``[0, 1*]``,
+    then again over the range that holds all but 1e-9 of the mass."""
+    from scipy.stats import beta
+
+    dtype = jnp.result_type(float)
+    star = jnp.asarray(one_star, dtype)
+    a, b = delta_prior
+    nodes, w = np.polynomial.legendre.leggauss(num_points)
+
+    def stage(lo, hi):  # on the host, but for the likelihood: no small eager programs
+        grid = (lo + (hi - lo) * (nodes + 1) / 2).astype(dtype)
+        ll = np.asarray(log_likelihood_grid(data, prior, grid, star, num_terms=num_terms))
+        log_prior = beta.logpdf(grid / one_star, a, b) - np.log(one_star)
+        return grid, (ll + log_prior + np.log(w * (hi - lo) / 2)).astype(dtype)
 
     grid, lp = stage(0.0, float(one_star))
-    cdf = np.cumsum(np.asarray(jax.nn.softmax(lp)))
-    g = np.asarray(grid)
-    lo = g[max(int(np.searchsorted(cdf, 1e-9)) - 2, 0)]
-    hi = g[min(int(np.searchsorted(cdf, 1 - 1e-9)) + 2, len(g) - 1)]
-    grid, lp = stage(float(lo), float(hi))
-    log_evidence = float(jax.scipy.special.logsumexp(lp))
-    wts = jax.nn.softmax(lp)
-    mean = float(jnp.sum(wts * grid))
-    cdf = np.cumsum(np.asarray(wts))
-    tail = (1 - level) / 2
-    g = np.asarray(grid)
-    interval = (float(np.interp(tail, cdf, g)), float(np.interp(1 - tail, cdf, g)))
-    return DeltaPosterior(grid, wts, mean, interval, log_evidence)
+    cdf = np.cumsum(np.exp(lp - lp.max()))
+    cdf = cdf / cdf[-1]
+    lo = grid[max(int(np.searchsorted(cdf, 1e-9)) - 2, 0)]
+    hi = grid[min(int(np.searchsorted(cdf, 1 - 1e-9)) + 2, len(grid) - 1)]
+    return stage(float(lo), float(hi))
+
+
+def draws_from_grid(key, grid: np.ndarray, log_post: np.ndarray, num: int) -> np.ndarray:
+    """``(num,)`` draws of delta from its grid posterior (:func:`grid_posterior`): the
+    inverse of the CDF that puts each point's mass on the cell around it, linear within
+    cells."""
+    w = np.exp(log_post - log_post.max())
+    w = w / w.sum()
+    cdf = np.cumsum(w) - w / 2  # each point at the middle of its own mass
+    u = numpy_rng(key).uniform(size=num)
+    return np.interp(u, cdf, grid)

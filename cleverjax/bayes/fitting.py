@@ -35,16 +35,19 @@ from .checks import ModelCheck, model_checks, warn_failed
 from .data import (
     Prepared,
     SPAData,
+    _calibration,
     calibrated,
     live_pairs,
     local_arrays,
     pad,
     prepare,
     replicate_on,
+    restrict,
     shard_rows,
     split_levels,
     subsample,
 )
+from .exact import draws_from_grid, grid_posterior
 from .likelihood import DifficultyDelta, Prior, count_bound, uniform_components
 from .model import (
     REJECTION_KERNELS,
@@ -136,6 +139,10 @@ class FitResult(NamedTuple):
             otherwise ``None``.
         delta_by_difficulty_interval: ``(2, 2)`` their credible intervals, or ``None``.
         delta_by_difficulty_samples: ``(draws, 2)`` their posterior draws, or ``None``.
+        delta_draws: where ``delta_samples`` come from: ``"exact"``, the exact posterior
+            of delta given the fitted prior (by quadrature on a grid; the default fit:
+            the cut, 1* fixed, one delta), ``"variational"``, the fitted guide,
+            ``"nuts"``, or ``"prior"`` (no calibration data).
     """
 
     delta: float
@@ -167,6 +174,7 @@ class FitResult(NamedTuple):
     delta_by_difficulty: np.ndarray | None = None
     delta_by_difficulty_interval: np.ndarray | None = None
     delta_by_difficulty_samples: np.ndarray | None = None
+    delta_draws: str = "variational"
 
     def to_dict(self) -> dict[str, Any]:
         """The scalar results as plain Python values (JSON-ready): delta, 1*, their
@@ -181,6 +189,7 @@ class FitResult(NamedTuple):
             "converged": self.converged,
             "identified": self.identified,
             "method": self.method,
+            "delta_draws": self.delta_draws,
             "rejection": self.rejection,
             "uniform_share": self.uniform_share,
             "delta_by_class": None
@@ -224,18 +233,6 @@ class FitResult(NamedTuple):
 # ----------------------------------------------------------------------------------
 # Stages
 # ----------------------------------------------------------------------------------
-
-
-def _check_beta_prior(name: str, prior) -> tuple[float, float]:
-    try:
-        a, b = (float(v) for v in prior)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"`{name}` must be a pair (a, b) of Beta parameters; got {prior!r}"
-        ) from err
-    if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
-        raise ValueError(f"`{name}` must be two positive finite numbers; got {prior!r}")
-    return a, b
 
 
 def _check_positive_ints(**values) -> None:
@@ -337,6 +334,13 @@ def with_kernels(base: Prior, config: ModelConfig) -> Prior:
     )
 
 
+def home_device(devices) -> jax.Device:
+    """This process's first device among ``devices``: where the optimisation runs and the
+    per-image results are assembled."""
+    here = jax.process_index()
+    return next((d for d in devices if d.process_index == here), jax.local_devices()[0])
+
+
 @functools.lru_cache(maxsize=32)
 def _svi(config: ModelConfig, optimizer) -> SVI:
     """One SVI object per model configuration and optimizer, so that compiled programs
@@ -355,8 +359,7 @@ def _optimise(
     not depend on how many devices or processes there are (every process computes the
     same numbers). The per-image summaries that follow are spread over all devices."""
     k_sub, k_opt = jax.random.split(key)
-    here = jax.process_index()
-    device = next((d for d in devices if d.process_index == here), jax.local_devices()[0])
+    device = home_device(devices)
     prior_images = settings["prior_images"]
     if prior_images is not None and prep.counts.shape[0] > prior_images:
         data = subsample(prep, prior_images, k_sub)
@@ -467,6 +470,44 @@ def _global_draws(key, params, num_draws: int, config: ModelConfig):
     return one_star.reshape(-1, *([1] * (frac.ndim - 1))) * frac, one_star
 
 
+def exact_draws_apply(config: ModelConfig) -> bool:
+    """Whether :func:`fit` draws delta from its exact posterior given the fitted prior:
+    with the cut (only the calibration rows inform delta, a few hundred at most), 1*
+    fixed and one delta for all images."""
+    return (
+        config.delta_from == "calibration"
+        and config.one_star is not None
+        and not (config.delta_by_class or config.delta_by_difficulty)
+    )
+
+
+def _exact_draws(key, prep: Prepared, prior: Prior, config: ModelConfig, num: int):
+    """``num`` draws of delta from its exact posterior given ``prior`` and the calibration
+    rows (grid quadrature, see :func:`cleverjax.bayes.exact.grid_posterior`), with 1*."""
+    data = prep.data
+    k = config.num_classes
+    rho, probe = np.asarray(data.proposals), np.asarray(data.probe)
+    group = np.where(probe, k, rho)
+    n, m = np.asarray(data.counts).sum(axis=1), np.asarray(data.unbiased).sum(axis=1)
+    keep = np.flatnonzero(_calibration(n, m, group, k))  # on the host: no eager programs
+    grid, log_post = grid_posterior(
+        pad(restrict(data, keep)),
+        prior,
+        config.one_star,
+        config.delta_prior,
+        num_terms=config.num_terms,
+        num_points=EXACT_GRID_POINTS,
+    )
+    dtype = jnp.result_type(float)
+    deltas = jnp.asarray(draws_from_grid(key, grid, log_post, num), dtype)
+    return deltas, jnp.full((num,), config.one_star, dtype)
+
+
+EXACT_GRID_POINTS = 128
+"""Gauss-Legendre points per stage of the grid posterior of delta in :func:`fit` (the
+second stage spans the posterior's mass: a fraction of its sd apart)."""
+
+
 def _prior_draws(key, config: ModelConfig, num: int = 4000):
     """Draws of (delta, 1*) from their prior: what the data say when delta is unidentified."""
     a, b = config.delta_prior
@@ -573,6 +614,7 @@ def fit(
     delta_by_class: bool = False,
     delta_by_difficulty: bool = False,
     method: Literal["svi", "nuts"] = "svi",
+    exact_delta: bool = True,
     optimizer: optax.GradientTransformation | None = None,
     max_steps: int | None = None,
     tolerance: float | None = None,
@@ -592,8 +634,11 @@ def fit(
     The model (see :func:`cleverjax.spa_model`) puts a class-conditional Dirichlet-mixture
     prior on each image's label distribution, learned from all images (empirical Bayes),
     and integrates every distribution out exactly. The global parameters are fitted by
-    maximising a deterministic ELBO (Gauss-Hermite quadrature over delta) with L-BFGS;
-    the repaired labels are exact posterior means given the globals, averaged over the
+    maximising a deterministic ELBO (Gauss-Hermite quadrature over delta) with L-BFGS.
+    With the default cut and 1* fixed, delta's draws then come from its exact posterior
+    given the fitted prior (quadrature on a grid over the calibration images), not from
+    the variational guide, whose width the optimiser's stopping rule does not pin down.
+    The repaired labels are exact posterior means given the globals, averaged over the
     posterior of delta. BC is this model's likelihood inversion at a point estimate; CB
     its posterior mean under a prior centred on the class-blending matrix.
 
@@ -642,6 +687,11 @@ def fit(
             fit; not with ``delta_by_class``; the model checks of SPA are not run.
         method: keyword-only; ``"svi"``, or ``"nuts"`` (the prior from the optimiser, then
             NUTS on the globals; with the cut, NUTS samples the cut posterior itself).
+        exact_delta: keyword-only; with ``method="svi"``, the cut, 1* fixed and one delta
+            (the defaults), draw delta from its exact posterior given the fitted prior
+            (grid quadrature over the calibration images; ``delta_draws`` is
+            ``"exact"``). ``False``: from the variational guide, as in the other
+            settings.
         optimizer: keyword-only; ``None`` (default): full-batch L-BFGS on the
             deterministic objective, tens of iterations. An optax transformation (e.g.
             :func:`cleverjax.default_adam`): first-order SVI steps with it instead, as in
@@ -713,7 +763,7 @@ def fit(
     start = time.perf_counter()
     kd = as_typed_key(key)
     prep = prepare(counts, proposals, unbiased_counts, probe)
-    a, b = _check_beta_prior("delta_prior", delta_prior)
+    a, b = _checks.beta_pair("delta_prior", delta_prior)
     _checks.check_choice("method", method, ("svi", "nuts"))
     _checks.check_choice("delta_from", delta_from, ("calibration", "all"))
     _checks.check_choice("rejection", rejection, REJECTION_KERNELS)
@@ -803,9 +853,15 @@ def fit(
     # 2. Draws of the globals.
     if cal_images == 0:
         all_deltas, all_stars = _prior_draws(k_draw, config)
+        delta_draws = "prior"
     elif method == "nuts":
         all_deltas, all_stars = _nuts_draws(k_mcmc, prep, opt.params, config, init, settings)
+        delta_draws = "nuts"
+    elif exact_delta and exact_draws_apply(config):
+        all_deltas, all_stars = _exact_draws(k_draw, prep, prior, config, 4000)
+        delta_draws = "exact"
     else:
+        delta_draws = "variational"
         glob = {k: opt.params[k] for k in global_params(opt.params, config)}
         all_deltas, all_stars = _global_draws(k_draw, glob, 4000, config)
     # With one delta per class, draws are ordered by the images' average delta; with
@@ -829,8 +885,11 @@ def fit(
     # 3. Every image's posterior.
     per_delta = -(-int(num_interval_draws) // int(num_draws))
     out = _summarise(k_int, prep, prior, deltas, stars, float(level), per_delta, devs)
-    rows = jnp.asarray(prep.inverse)
-    mean, lower, upper = (None if x is None else x[rows] for x in out[:3])
+    # Per image on one device: the rows' results come back replicated on every device,
+    # and a gather there would hold every (images, classes) output once per device.
+    home = home_device(devs)
+    rows = jax.device_put(prep.inverse.astype(np.int32), home)
+    mean, lower, upper = (None if x is None else jax.device_put(x, home)[rows] for x in out[:3])
     posterior_mean = jax.block_until_ready(mean)
     if ends is not None:  # the images' average delta, at their posterior mean p[rho]
         t_bar = _mean_on_proposal(prep, np.asarray(out[0]))
@@ -899,6 +958,7 @@ def fit(
         delta_by_difficulty=None if ends is None else ends.mean(axis=0),
         delta_by_difficulty_interval=None if ends is None else _intervals(ends, level),
         delta_by_difficulty_samples=ends,
+        delta_draws=delta_draws,
     )
 
 
