@@ -101,13 +101,19 @@ def test_collapsed_likelihood_and_posterior_mean_are_exact():
     np.testing.assert_allclose(likelihood.posterior_moments(data, prior, log_w)[0], mean, rtol=1e-4)
 
 
-def test_uniform_rejection_likelihood_and_posterior_mean_are_exact():
-    data, prior, log_w = _one_row(0, uniform=(True,))
-    evidence = _brute_force(lambda p: 1.0, uniform=True)
+def _assert_matches_quadrature(data, prior, log_w, **model) -> float:
+    """The row's collapsed log likelihood and posterior mean against 2-D quadrature under
+    the same model (``model``: options of :func:`_brute_force`); returns the former."""
+    evidence = _brute_force(lambda p: 1.0, **model)
     got = float(likelihood.log_likelihood(data, prior, log_w)[0])
     np.testing.assert_allclose(got, np.log(evidence), rtol=1e-5)
-    mean = [_brute_force(lambda p, k=k: p[k], uniform=True) / evidence for k in range(3)]
+    mean = [_brute_force(lambda p, k=k: p[k], **model) / evidence for k in range(3)]
     np.testing.assert_allclose(likelihood.posterior_moments(data, prior, log_w)[0], mean, rtol=1e-4)
+    return got
+
+
+def test_uniform_rejection_likelihood_and_posterior_mean_are_exact():
+    got = _assert_matches_quadrature(*_one_row(0, uniform=(True,)), uniform=True)
     # Negative control: SPA's kernel gives another evidence for the same row.
     spa = float(likelihood.log_likelihood(*_one_row(0))[0])
     assert abs(spa - got) > 0.1
@@ -1266,11 +1272,7 @@ def _difficulty_row():
 
 def test_difficulty_likelihood_and_posterior_mean_are_exact():
     data, prior, _, log_w = _difficulty_row()
-    evidence = _brute_force(lambda p: 1.0, ends=ENDS)
-    got = float(likelihood.log_likelihood(data, prior, log_w)[0])
-    np.testing.assert_allclose(got, np.log(evidence), rtol=1e-5)
-    mean = [_brute_force(lambda p, k=k: p[k], ends=ENDS) / evidence for k in range(3)]
-    np.testing.assert_allclose(likelihood.posterior_moments(data, prior, log_w)[0], mean, rtol=1e-4)
+    got = _assert_matches_quadrature(data, prior, log_w, ends=ENDS)
     # Negative control: SPA with one delta gives another evidence for the same row.
     spa = float(likelihood.log_likelihood(*_one_row(0))[0])
     assert abs(spa - got) > 0.01  # hundreds of times the tolerance above
