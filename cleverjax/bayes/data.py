@@ -164,6 +164,15 @@ def calibrated(data: SPAData) -> Bool[Array, " rows"]:
     return entry_calibrated(data.table, data.counts.shape[1])[data.entry]
 
 
+def calibrated_rows(data: SPAData) -> np.ndarray:
+    """Indices of the rows of :func:`calibrated`, computed on the host (no small device
+    programs to compile)."""
+    k = data.counts.shape[1]
+    group = np.where(np.asarray(data.probe), k, np.asarray(data.proposals))
+    n, m = np.asarray(data.counts).sum(axis=1), np.asarray(data.unbiased).sum(axis=1)
+    return np.flatnonzero(_calibration(n, m, group, k))
+
+
 # ----------------------------------------------------------------------------------
 # Merging identical images
 # ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from jaxtyping import Array, Float
 
 from .. import _checks
 from .._checks import ArrayIn
-from .data import SPAData, calibrated, numpy_rng, pad, prepare
+from .data import SPAData, calibrated_rows, numpy_rng, pad, prepare, restrict
 from .likelihood import Prior, log_marginal, row_part, t_basis, t_part_given, table_log_weights
 
 
@@ -111,10 +111,10 @@ def exact_delta_posterior(
     _checks.check_choice("delta_from", delta_from, ("calibration", "all"))
     data = prep.data
     if delta_from == "calibration":
-        keep = np.asarray(calibrated(data))
-        if not keep.any():
+        keep = calibrated_rows(data)
+        if keep.shape[0] == 0:
             raise ValueError("no calibration images or probes: delta's posterior is its prior")
-        data = data.take(np.flatnonzero(keep))
+        data = restrict(data, keep)  # with only its own entries
     grid, log_post = grid_posterior(
         pad(data), prior, one_star, (a, b), num_terms=prep.num_terms, num_points=num_points
     )

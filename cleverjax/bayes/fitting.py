@@ -35,8 +35,8 @@ from .checks import ModelCheck, model_checks, warn_failed
 from .data import (
     Prepared,
     SPAData,
-    _calibration,
     calibrated,
+    calibrated_rows,
     live_pairs,
     local_arrays,
     pad,
@@ -485,13 +485,8 @@ def _exact_draws(key, prep: Prepared, prior: Prior, config: ModelConfig, num: in
     """``num`` draws of delta from its exact posterior given ``prior`` and the calibration
     rows (grid quadrature, see :func:`cleverjax.bayes.exact.grid_posterior`), with 1*."""
     data = prep.data
-    k = config.num_classes
-    rho, probe = np.asarray(data.proposals), np.asarray(data.probe)
-    group = np.where(probe, k, rho)
-    n, m = np.asarray(data.counts).sum(axis=1), np.asarray(data.unbiased).sum(axis=1)
-    keep = np.flatnonzero(_calibration(n, m, group, k))  # on the host: no eager programs
     grid, log_post = grid_posterior(
-        pad(restrict(data, keep)),
+        pad(restrict(data, calibrated_rows(data))),
         prior,
         config.one_star,
         config.delta_prior,
