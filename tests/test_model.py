@@ -863,13 +863,14 @@ def test_uncollapsed_model_log_density_matches_its_formula():
 @pytest.mark.slow
 def test_subsampled_svi_runs_and_agrees():
     p, rho, biased, unbiased = campaign(60, n=800, calibration=150)
-    full = cj.fit(jax.random.key(61), biased, rho, unbiased_counts=unbiased, num_ppc_replicates=0)
+    # The checks are not what this test is about (at alpha = 0.01 one fires now and then).
+    options = dict(unbiased_counts=unbiased, num_ppc_replicates=0, check_model=False)
+    full = cj.fit(jax.random.key(61), biased, rho, **options)
     sub = cj.fit(
         jax.random.key(61),
         biased,
         rho,
-        unbiased_counts=unbiased,
-        num_ppc_replicates=0,
+        **options,
         optimizer=cj.default_adam(),
         subsample_size=64,
         max_steps=1500,

@@ -918,6 +918,8 @@ def fit(
         # Checks 1 and 2 read the calibration images alone: pass only those (the same
         # result, without copies of every image's counts).
         cal = np.flatnonzero((prep.counts.sum(axis=1) > 0) & (prep.unbiased.sum(axis=1) > 0))
+        if cal.size == 0:  # probes only: one image, so that each check says why it skips
+            cal = np.arange(1)
         checks = model_checks(
             k_chk,
             prep.counts[cal],

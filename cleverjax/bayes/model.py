@@ -18,6 +18,7 @@ from numpyro.distributions import constraints
 from numpyro.infer.elbo import ELBO
 from numpyro.infer.util import log_density
 
+from .._checks import is_traced
 from .data import LivePairs, SPAData, entry_calibrated, live_pairs
 from .likelihood import (
     CONCENTRATION_BOUNDS,
@@ -314,20 +315,22 @@ class QuadratureELBO(ELBO):
 def initial_params(config: ModelConfig, init: Prior) -> dict:
     """Starting values of every parameter of :func:`spa_model` and :func:`global_guide`
     (constrained; NumPyro's parameter names)."""
-    # On the host: small eager operations would each compile a program.
+    # On the host (small eager operations would each compile a program), unless the
+    # prior is traced: NumPyro's SVI passes it to the model inside its compiled step.
+    xp = jnp if is_traced(init.mean) else np
     dtype = np.dtype(init.concentration.dtype)
-    mean, conc = np.asarray(init.mean), np.asarray(init.concentration)
-    weights = np.asarray(init.weights)
+    mean, conc = xp.asarray(init.mean), xp.asarray(init.concentration)
+    weights = xp.asarray(init.weights)
     params = {}
     if config.rejection == "mixed":  # the kernels share their components (see _prior_from)
         c = _base_count(config)
         mean, conc = mean[:, :c], conc[:, :c]
         share = weights[:, c:].sum(axis=1) / weights.sum(axis=1)
         weights = weights[:, :c] + weights[:, c:]
-        params["prior_uniform_logit"] = np.log(share) - np.log1p(-share)
-    params["prior_mean_logits"] = np.log(mean)
+        params["prior_uniform_logit"] = xp.log(share) - xp.log1p(-share)
+    params["prior_mean_logits"] = xp.log(mean)
     params["prior_concentration"] = conc
-    params["prior_weight_logits"] = np.log(weights)
+    params["prior_weight_logits"] = xp.log(weights)
     for site, start in _global_sites(config):
         shape = _site_shape(site, config)
         params[f"{site}_loc"] = np.full(shape, start, dtype)
