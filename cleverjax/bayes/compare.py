@@ -36,7 +36,7 @@ from .._random import as_typed_key
 from .data import compress, numpy_rng, prepare
 from .fitting import FitResult, fit
 from .likelihood import DifficultyDelta, Prior, log_likelihood, table_log_weights
-from .model import REJECTION_KERNELS
+from .model import REJECTION_KERNELS, polynomial_terms
 
 ROBUST_VARIANTS: dict[str, dict[str, Any]] = {
     "spa": {},
@@ -74,7 +74,7 @@ def calibration_log_lik(
     probe = np.zeros(rho.shape[0], bool)
     both, inverse = compress(rho, counts, unbiased, probe)
     alone, inverse_alone = compress(rho, np.zeros_like(counts), unbiased, probe)
-    num_terms = prior.degree * int(np.asarray(counts).sum(axis=1).max()) + 1
+    num_terms = polynomial_terms(int(np.asarray(counts).sum(axis=1).max()), prior.degree)
     dtype = prior.concentration.dtype
     deltas = jnp.asarray(deltas, dtype)
     if prior.degree == 2:

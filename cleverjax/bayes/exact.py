@@ -118,8 +118,8 @@ def exact_delta_posterior(
     grid, log_post = grid_posterior(
         pad(data), prior, one_star, (a, b), num_terms=prep.num_terms, num_points=num_points
     )
-    log_evidence = float(jax.scipy.special.logsumexp(log_post))
-    wts = np.asarray(jax.nn.softmax(log_post))
+    log_evidence = float(np.logaddexp.reduce(log_post.astype(np.float64)))
+    wts = _grid_weights(log_post)
     mean = float(np.sum(wts * grid))
     cdf = np.cumsum(wts)
     tail = (1 - level) / 2
@@ -154,19 +154,23 @@ def grid_posterior(
         return grid, (ll + log_prior + np.log(w * (hi - lo) / 2)).astype(dtype)
 
     grid, lp = stage(0.0, float(one_star))
-    cdf = np.cumsum(np.exp(lp - lp.max()))
-    cdf = cdf / cdf[-1]
+    cdf = np.cumsum(_grid_weights(lp))
     lo = grid[max(int(np.searchsorted(cdf, 1e-9)) - 2, 0)]
     hi = grid[min(int(np.searchsorted(cdf, 1 - 1e-9)) + 2, len(grid) - 1)]
     return stage(float(lo), float(hi))
+
+
+def _grid_weights(log_post: np.ndarray) -> np.ndarray:
+    """Each grid point's posterior probability (the softmax of ``log_post``)."""
+    w = np.exp(log_post - log_post.max())
+    return w / w.sum()
 
 
 def draws_from_grid(key, grid: np.ndarray, log_post: np.ndarray, num: int) -> np.ndarray:
     """``(num,)`` draws of delta from its grid posterior (:func:`grid_posterior`): the
     inverse of the CDF that puts each point's mass on the cell around it, linear within
     cells."""
-    w = np.exp(log_post - log_post.max())
-    w = w / w.sum()
+    w = _grid_weights(log_post)
     cdf = np.cumsum(w) - w / 2  # each point at the middle of its own mass
     u = numpy_rng(key).uniform(size=num)
     return np.interp(u, cdf, grid)

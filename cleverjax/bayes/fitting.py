@@ -372,7 +372,9 @@ def _optimise(
         levels = split_levels(data)
         if len(levels) > 1:  # each level with polynomials of its own length
             config = config._replace(
-                level_terms=tuple(polynomial_terms(lev.num_terms - 1, config) for lev in levels)
+                level_terms=tuple(
+                    polynomial_terms(lev.num_terms - 1, degree(config)) for lev in levels
+                )
             )
             data = tuple(pad(lev.data) for lev in levels)
         else:
@@ -557,7 +559,7 @@ def _summarise(key, prep: Prepared, prior, deltas, stars, level, per_delta, devs
             prior_d,
             deltas_d,
             stars_d,
-            num_terms=prior.degree * (lev.num_terms - 1) + 1,
+            num_terms=polynomial_terms(lev.num_terms - 1, prior.degree),
             level=level,
             per_delta=per_delta,
             devices=devs,
@@ -818,7 +820,7 @@ def fit(
         delta_by_class=bool(delta_by_class),
         delta_by_difficulty=bool(delta_by_difficulty),
     )
-    config = config._replace(num_terms=polynomial_terms(prep.num_terms - 1, config))
+    config = config._replace(num_terms=polynomial_terms(prep.num_terms - 1, degree(config)))
     identified, cal_images, cal_annotations = _identification(prep)
     if not identified:
         _warn_identification(cal_images, cal_annotations)

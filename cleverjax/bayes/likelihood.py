@@ -692,9 +692,9 @@ class TBasis(NamedTuple):
     b_t: Float[Array, "entries comps"]
 
 
-def _degree(table: EntryTable, prior: Prior, dtype) -> Array:
-    """``(entries, 1, 1)`` degree of each entry's polynomial in t: ``prior.degree * N``."""
-    return (prior.degree * table.n).astype(dtype)[:, None, None]
+def entry_degree(table: EntryTable, prior: Prior) -> Int[Array, " entries"]:
+    """Degree of each entry's polynomial in t: ``prior.degree * N``."""
+    return prior.degree * table.n
 
 
 def t_basis(table: EntryTable, prior: Prior, num_terms: int) -> TBasis:
@@ -707,7 +707,7 @@ def t_basis(table: EntryTable, prior: Prior, num_terms: int) -> TBasis:
     share = jnp.take_along_axis(prior.mean[table.group], table.rho[:, None, None], axis=2)[..., 0]
     a_t = jnp.maximum(conc * share, MIN_ALPHA)
     b_t = jnp.maximum(conc * (1 - share), MIN_ALPHA)
-    n = _degree(table, prior, dtype)
+    n = entry_degree(table, prior).astype(dtype)[:, None, None]
     m = table.m.astype(dtype)[:, None, None]
     u = table.u.astype(dtype)[:, None, None]
     s = jnp.arange(num_terms, dtype=dtype)[None, None, :]
@@ -724,7 +724,7 @@ def t_part_given(table: EntryTable, prior: Prior, basis: TBasis, log_w: Array) -
     """:func:`t_part` from its delta-free half ``basis`` (:func:`t_basis`)."""
     dtype = log_w.dtype
     kinds = np.asarray(prior.kind)
-    n = _degree(table, prior, dtype)
+    n = entry_degree(table, prior).astype(dtype)[:, None, None]
     m = table.m.astype(dtype)[:, None, None]
     u = table.u.astype(dtype)[:, None, None]
     s = jnp.arange(log_w.shape[1], dtype=dtype)[None, None, :]
@@ -769,7 +769,7 @@ def entry_moments_t(table: EntryTable, prior: Prior, t: TPart, order: int = 2) -
     dtype = t.log_mix.dtype
     mix = _term_weights(t.log_mix)  # (E, comps, terms)
     s = jnp.arange(t.log_mix.shape[-1], dtype=dtype)[None, None, :]
-    degree = (prior.degree * table.n + table.m).astype(dtype)[:, None]
+    degree = (entry_degree(table, prior) + table.m).astype(dtype)[:, None]
     total = (t.a_t + t.b_t + degree)[..., None]
     a = t.a_t[..., None] + table.u.astype(dtype)[:, None, None] + s
     kind = jnp.asarray(prior.kind)[None, :]

@@ -101,9 +101,10 @@ def degree(config: ModelConfig) -> int:
     return 2 if config.delta_by_difficulty else 1
 
 
-def polynomial_terms(max_annotations: int, config: ModelConfig) -> int:
-    """Polynomial terms of rows with at most ``max_annotations`` biased annotations."""
-    return degree(config) * max_annotations + 1
+def polynomial_terms(max_annotations: int, degree: int) -> int:
+    """Polynomial terms of rows with at most ``max_annotations`` biased annotations, each
+    annotation's acceptance probability of ``degree`` in t (see :func:`degree`)."""
+    return degree * max_annotations + 1
 
 
 REJECTION_KERNELS = ("proportional", "uniform", "mixed")
@@ -457,12 +458,16 @@ def freeze(frozen: dict, data, config: ModelConfig, live=None):
     return out[0] if isinstance(data, SPAData) else out
 
 
-def _delta_log_prior(params: dict, fraction: Array, z: Array, config: ModelConfig) -> Array:
-    """Log prior density of ``delta / 1*`` at a quadrature node: the Beta prior, or with
+def _delta_log_prior(params: dict, values: dict, z: Array, config: ModelConfig) -> Array:
+    """Log prior density of ``delta / 1*`` at a quadrature node (``values``: the sites'
+    values there): the Beta prior (of both ends with ``delta_by_difficulty``), or with
     ``delta_by_class`` the hierarchical normal prior on the logit scale (as a density of
     the fraction, the same scale as the guide's ``log_q``), summed over the classes."""
+    fraction = values["delta_fraction"]
+    if config.delta_by_difficulty:
+        fraction = jnp.stack([fraction, values["delta_easy_fraction"]])
     if not config.delta_by_class:
-        return dist.Beta(*config.delta_prior).log_prob(fraction)
+        return jnp.sum(dist.Beta(*config.delta_prior).log_prob(fraction))
     x = params["delta_fraction_loc"] + params["delta_fraction_scale"] * z
     spread = jnp.exp(params["delta_log_spread"])
     density = dist.Normal(params["delta_mean"], spread).log_prob(x)
@@ -508,11 +513,7 @@ def negative_elbo(params: dict, data, frozen, config: ModelConfig) -> Array:
 
     def at(zi, frozen_w):
         values, delta, star, log_q = _globals_at(params, zi, config)
-        log_joint = _delta_log_prior(params, values["delta_fraction"], zi[0], config) - log_q
-        if config.delta_by_difficulty:
-            log_joint = log_joint + dist.Beta(*config.delta_prior).log_prob(
-                values["delta_easy_fraction"]
-            )
+        log_joint = _delta_log_prior(params, values, zi[0], config) - log_q
         if "one_star" in values:
             log_joint = log_joint + dist.Beta(*config.one_star_prior).log_prob(star)
         for d, n, r, b, cal, f, lv in zip(levels, terms, rows, bases, calibrated, frozen_w, live):

@@ -28,6 +28,7 @@ from .likelihood import (
     TPart,
     _is_rho,
     _term_weights,
+    entry_degree,
     entry_moments_t,
     log_marginal,
     posterior_mean_given,
@@ -117,7 +118,7 @@ def _gamma_shapes(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num
     s = jnp.minimum(_search(cdf[entry, z], u), t.log_mix.shape[-1] - 1).astype(dtype)
     table = data.table
     a = t.a_t[entry, z] + table.u[entry].astype(dtype) + s
-    b = t.b_t[entry, z] + (table.m + prior.degree * table.n - table.u)[entry].astype(dtype) - s
+    b = t.b_t[entry, z] + (table.m + entry_degree(table, prior) - table.u)[entry].astype(dtype) - s
     is_rho = _is_rho(data.proposals, num_classes)[None]
     a_rest = rows.a_rest[jnp.arange(data.num_rows)[None, :], z]  # (draws, rows, K)
     shapes = jnp.concatenate([a[..., None], b[..., None], jnp.where(is_rho, 1.0, a_rest)], axis=-1)
