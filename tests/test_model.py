@@ -917,6 +917,37 @@ def test_compress_merges_identical_images_and_loses_none():
     pair = np.asarray(table.pair)
     np.testing.assert_array_equal(np.asarray(table.pair_c)[pair], np.asarray(table.c))
     np.testing.assert_array_equal(np.asarray(table.pair_n)[pair], np.asarray(table.n))
+    # Basis keys: (group, rho, N, u, M), everything but c.
+    keys = np.stack([np.asarray(x) for x in (table.group, table.rho, table.n, table.u, table.m)], 1)
+    rep = keys[np.asarray(table.basis_entry)][np.asarray(table.basis)]
+    np.testing.assert_array_equal(rep, keys)
+    assert len(np.unique(keys, axis=0)) == table.basis_entry.shape[0] < table.num_entries
+
+
+def test_t_basis_shared_per_key_equals_per_entry():
+    """The Beta ratios computed once per basis key equal those computed for every entry on
+    its own (the rows' own-entry table); a table whose keys point at the wrong entry
+    (negative control) differs."""
+    rng = np.random.default_rng(1)
+    n, k = 400, 4
+    counts = rng.multinomial(12, [0.4, 0.3, 0.2, 0.1], n)
+    unbiased = np.where(rng.random((n, 1)) < 0.1, rng.multinomial(5, [0.25] * 4, n), 0)
+    rho = rng.integers(0, k, n)
+    data, _ = bdata.compress(rho, counts, unbiased, np.zeros(n, bool))
+    mean = rng.dirichlet(np.ones(k), size=(k + 1, 3))
+    prior = cj.Prior(
+        jnp.asarray(mean, jnp.float32),
+        jnp.asarray(rng.uniform(1, 10, (k + 1, 3)), jnp.float32),
+        jnp.full((k + 1, 3), 1 / 3, jnp.float32),
+        (0, 0, 2),
+    )
+    terms = 13
+    shared = likelihood.t_basis(data.table, prior, terms).log_beta[data.entry]
+    own = likelihood.t_basis(bdata.row_entries(data), prior, terms).log_beta
+    np.testing.assert_allclose(np.asarray(shared), np.asarray(own), rtol=1e-6, atol=1e-6)
+    wrong = data.table._replace(basis_entry=jnp.roll(data.table.basis_entry, 1))
+    off = likelihood.t_basis(wrong, prior, terms).log_beta[data.entry]
+    assert not np.allclose(np.asarray(off), np.asarray(own), rtol=1e-3, atol=1e-3)
 
 
 def _reference_log_weights(c: int, n: int, delta: float, one_star: float) -> np.ndarray:

@@ -371,9 +371,11 @@ def _share_pmfs(prior: Prior, classes, ns, deltas, stars) -> list[np.ndarray]:
     g_all = np.concatenate([np.full(nn + 1, g) for g, nn in zip(classes, ns)])
     zeros = np.zeros_like(c_all)
     i32 = functools.partial(jnp.asarray, dtype=jnp.int32)
+    own = i32(np.arange(len(c_all)))
     table = EntryTable(
         group=i32(g_all), rho=i32(g_all), c=i32(c_all), n=i32(n_all), u=i32(zeros),
-        m=i32(zeros), pair=i32(np.arange(len(c_all))), pair_c=i32(c_all), pair_n=i32(n_all),
+        m=i32(zeros), pair=own, basis=own, pair_c=i32(c_all), pair_n=i32(n_all),
+        basis_entry=own,
     )  # fmt: skip
     dtype = prior.concentration.dtype
     log_p = _share_log_pmf(

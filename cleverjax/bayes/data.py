@@ -38,8 +38,13 @@ class EntryTable(NamedTuple):
         m: ``(entries,)`` unbiased annotations M.
         pair: ``(entries,)`` index of the entry's (c, N) pair: the polynomial weights
             depend on nothing else, so they are computed once per pair.
+        basis: ``(entries,)`` index of the entry's (prior row, proposal, N, u, M): the
+            Beta-function ratios of the part in t depend on nothing else (not on c), so
+            they are computed once per basis key (see
+            :func:`cleverjax.bayes.likelihood.t_basis`).
         pair_c: ``(pairs,)`` c of each distinct pair.
         pair_n: ``(pairs,)`` N of each distinct pair.
+        basis_entry: ``(bases,)`` an entry of each distinct basis key.
     """
 
     group: Int[Array, " entries"]
@@ -49,8 +54,10 @@ class EntryTable(NamedTuple):
     u: Int[Array, " entries"]
     m: Int[Array, " entries"]
     pair: Int[Array, " entries"]
+    basis: Int[Array, " entries"]
     pair_c: Int[Array, " pairs"]
     pair_n: Int[Array, " pairs"]
+    basis_entry: Int[Array, " bases"]
 
     @property
     def num_entries(self) -> int:
@@ -100,6 +107,7 @@ def row_entries(data: SPAData) -> EntryTable:
     is_rho = data.proposals[:, None] == jnp.arange(num_classes, dtype=jnp.int32)[None, :]
     c = jnp.sum(jnp.where(is_rho, data.counts, 0), axis=1)
     n = jnp.sum(data.counts, axis=1)
+    own = jnp.arange(data.proposals.shape[0], dtype=jnp.int32)
     return EntryTable(
         group=jnp.where(data.probe, num_classes, data.proposals).astype(jnp.int32),
         rho=data.proposals.astype(jnp.int32),
@@ -107,9 +115,11 @@ def row_entries(data: SPAData) -> EntryTable:
         n=n,
         u=jnp.sum(jnp.where(is_rho, data.unbiased, 0), axis=1),
         m=jnp.sum(data.unbiased, axis=1),
-        pair=jnp.arange(data.proposals.shape[0], dtype=jnp.int32),
+        pair=own,
+        basis=own,
         pair_c=c,
         pair_n=n,
+        basis_entry=own,
     )
 
 
@@ -209,11 +219,17 @@ def _entry_table(rho, is_probe, c, u, k: int) -> tuple[EntryTable, np.ndarray]:
     )
     entries, entry, _ = _unique_rows(entry_key)
     pairs, pair, _ = _unique_rows(entries[:, 2:4])
+    bases, basis, _ = _unique_rows(entries[:, [0, 1, 3, 4, 5]])
+    basis = basis.reshape(-1)
+    basis_entry = np.empty(len(bases), np.int64)
+    basis_entry[basis] = np.arange(len(entries))
     table = EntryTable(
         *(_i32(entries[:, i]) for i in range(6)),
         pair=_i32(pair.reshape(-1)),
+        basis=_i32(basis),
         pair_c=_i32(pairs[:, 0]),
         pair_n=_i32(pairs[:, 1]),
+        basis_entry=_i32(basis_entry),
     )
     return table, entry.reshape(-1)
 
@@ -447,10 +463,12 @@ def pad(data: SPAData, multiple: int = 1) -> SPAData:
     # weight row each) keeps data sets with one N, whatever their counts, on one shape.
     terms = int(np.max(np.asarray(table.pair_n), initial=0)) + 1
     pairs = bucket(max(table.pair_c.shape[0], terms))
+    bases = bucket(table.basis_entry.shape[0], doubling_below=ENTRIES_DOUBLING_BELOW)
     table = EntryTable(
-        *(_pad_rows(x, entries) for x in table[:7]),
+        *(_pad_rows(x, entries) for x in table[:8]),
         pair_c=_pad_rows(table.pair_c, pairs),
         pair_n=_pad_rows(table.pair_n, pairs),
+        basis_entry=_pad_rows(table.basis_entry, bases),
     )
     fields = [_pad_rows(x, rows) for x in data[:6]]
     fields[4] = fields[4].copy()

@@ -678,7 +678,7 @@ def row_part(data: SPAData, prior: Prior, bound: int = 0) -> RowPart:
 
 
 class TBasis(NamedTuple):
-    """The delta-free half of :func:`t_part`, per entry and component.
+    """The delta-free half of :func:`t_part`.
 
     Attributes:
         log_beta: ``(entries, dirichlet comps, terms)`` log of the Beta-function ratio of
@@ -697,27 +697,49 @@ def entry_degree(table: EntryTable, prior: Prior) -> Int[Array, " entries"]:
     return prior.degree * table.n
 
 
+def _beta_pair(table: EntryTable, prior: Prior, idx=None) -> tuple[Array, Array]:
+    """``(a_t, b_t)``: each entry's (or entry ``idx``'s) Beta prior of t per component."""
+    group = table.group if idx is None else table.group[idx]
+    rho = table.rho if idx is None else table.rho[idx]
+    conc = prior.concentration[group]  # (E, comps)
+    share = jnp.take_along_axis(prior.mean[group], rho[:, None, None], axis=2)[..., 0]
+    return jnp.maximum(conc * share, MIN_ALPHA), jnp.maximum(conc * (1 - share), MIN_ALPHA)
+
+
 def t_basis(table: EntryTable, prior: Prior, num_terms: int) -> TBasis:
     """What :func:`t_part` needs from the prior: the Beta-function ratios do not depend
-    on delta, so a caller that integrates over delta computes them once for every node."""
+    on delta, so a caller that integrates over delta computes them once for every node;
+    nor on c, so they are computed once per basis key (``EntryTable.basis``: a large N
+    makes nearly every c distinct, while the keys stay few, one per prior row and N
+    outside calibration) and copied to the entries once, here."""
     dtype = prior.concentration.dtype
     kinds = np.asarray(prior.kind)
     dirichlet = np.flatnonzero(kinds == 0)
-    conc = prior.concentration[table.group]  # (E, comps)
-    share = jnp.take_along_axis(prior.mean[table.group], table.rho[:, None, None], axis=2)[..., 0]
-    a_t = jnp.maximum(conc * share, MIN_ALPHA)
-    b_t = jnp.maximum(conc * (1 - share), MIN_ALPHA)
-    n = entry_degree(table, prior).astype(dtype)[:, None, None]
-    m = table.m.astype(dtype)[:, None, None]
-    u = table.u.astype(dtype)[:, None, None]
+    a_t, b_t = _beta_pair(table, prior)
     s = jnp.arange(num_terms, dtype=dtype)[None, None, :]
-    # Dirichlet components: t ~ Beta(a_t, b_t), a finite sum of Beta-function ratios.
-    a_d, b_d = a_t[:, dirichlet], b_t[:, dirichlet]
-    valid = s <= n
-    left = a_d[..., None] + u + s
-    right = jnp.where(valid, b_d[..., None] + m - u + n - s, 1.0)
-    log_beta = jnp.where(valid, _betaln(left, right) - _betaln(a_d, b_d)[..., None], -jnp.inf)
-    return TBasis(log_beta, a_t, b_t)
+    degree = entry_degree(table, prior)
+
+    def ratios(key):  # (keys,) entries of basis keys -> (keys, dcomps, terms)
+        a_k, b_k = _beta_pair(table, prior, key)
+        n = degree[key].astype(dtype)[:, None, None]
+        m = table.m[key].astype(dtype)[:, None, None]
+        u = table.u[key].astype(dtype)[:, None, None]
+        # Dirichlet components: t ~ Beta(a_t, b_t), a finite sum of Beta-function ratios.
+        a_d, b_d = a_k[:, dirichlet], b_k[:, dirichlet]
+        valid = s <= n
+        left = a_d[..., None] + u + s
+        right = jnp.where(valid, b_d[..., None] + m - u + n - s, 1.0)
+        return jnp.where(valid, _betaln(left, right) - _betaln(a_d, b_d)[..., None], -jnp.inf)
+
+    # In two blocks of a loop: computed in one piece, XLA fuses the Beta functions into
+    # the gather below and evaluates them once per entry after all (an optimisation
+    # barrier does not stop it).
+    keys = table.basis_entry
+    if keys.shape[0] % 2:
+        keys = jnp.concatenate([keys, keys[:1]])
+    log_beta = jax.lax.map(ratios, keys.reshape(2, -1))
+    log_beta = log_beta.reshape(keys.shape[0], len(dirichlet), num_terms)
+    return TBasis(log_beta[table.basis], a_t, b_t)
 
 
 def t_part_given(table: EntryTable, prior: Prior, basis: TBasis, log_w: Array) -> TPart:
@@ -731,12 +753,19 @@ def t_part_given(table: EntryTable, prior: Prior, basis: TBasis, log_w: Array) -
     log_mix_d = log_w[:, None, :] + basis.log_beta
     # Spikes: t = 0 keeps only the s = 0 term (and needs no unbiased vote for rho);
     # t = 1 keeps only the last term, s = degree (and needs every unbiased vote on rho).
-    spikes = []
+    # Their integrals are that one term: only the Dirichlet components need the sum.
+    spikes, spike_t = [], []
     for kind in kinds[kinds > 0]:
         keep = (s == 0) & (u == 0) if kind == 1 else (s == n) & (u == m)
         spikes.append(jnp.where(keep, log_w[:, None, :], -jnp.inf))
+        at = jnp.zeros_like(table.n) if kind == 1 else entry_degree(table, prior)
+        term = jnp.take_along_axis(log_w, at[:, None], axis=1)[:, 0]
+        ok = (table.u == 0) if kind == 1 else (table.u == table.m)
+        spike_t.append(jnp.where(ok, term, -jnp.inf)[:, None])
     log_mix = jnp.concatenate([log_mix_d, *spikes], axis=1)
-    return TPart(_masked_logsumexp(log_mix, jnp.isfinite(log_mix)), log_mix, basis.a_t, basis.b_t)
+    log_t_d = _masked_logsumexp(log_mix_d, jnp.isfinite(log_mix_d))
+    log_t = jnp.concatenate([log_t_d, *spike_t], axis=1)
+    return TPart(log_t, log_mix, basis.a_t, basis.b_t)
 
 
 def t_part(table: EntryTable, prior: Prior, log_w: Array) -> TPart:
