@@ -31,12 +31,13 @@ from .likelihood import (
     entry_degree,
     entry_moments_t,
     log_marginal,
+    pair_log_weights,
+    pick_weights,
     posterior_mean_given,
     responsibilities,
     row_part,
     t_basis,
     t_part_given,
-    table_log_weights,
 )
 
 _BLOCK_ELEMENTS = 2**22
@@ -90,15 +91,16 @@ def stratified_index(all_deltas, num: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------
 
 
-def _search(cdf: Array, u: Array) -> Array:
-    """Index of the first cdf entry above ``u``, per row of ``cdf`` (binary search with
-    gathers, so that no (rows, terms) array is formed per draw)."""
+def _search(cdf: Array, row: Array, u: Array) -> Array:
+    """Index of the first entry above ``u`` in row ``row`` of the ``(rows, terms)`` table
+    ``cdf`` (binary search, one gather of one number per step, so that no (draws,
+    terms) array is formed)."""
     num_terms = cdf.shape[-1]
     lo = jnp.zeros(u.shape, jnp.int32)
     hi = jnp.full(u.shape, num_terms - 1, jnp.int32)
     for _ in range(max(1, math.ceil(math.log2(num_terms)))):
         mid = (lo + hi) // 2
-        below = jnp.take_along_axis(cdf, mid[..., None], axis=-1)[..., 0] <= u
+        below = cdf[row, mid] <= u
         lo = jnp.where(below, mid + 1, lo)
         hi = jnp.where(below, hi, mid)
     return lo
@@ -114,8 +116,10 @@ def _gamma_shapes(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num
     z = categorical(k_z, log_marginal(data, rows, t), shape=(num_draws,))  # a component
     entry = jnp.broadcast_to(data.entry[None, :], z.shape)
     cdf = jnp.cumsum(_term_weights(t.log_mix), axis=-1)  # (entries, comps, terms)
+    num_comps, num_terms = cdf.shape[1:]
     u = flat_draw(jax.random.uniform, k_s, z.shape, dtype) * cdf[entry, z, -1]
-    s = jnp.minimum(_search(cdf[entry, z], u), t.log_mix.shape[-1] - 1).astype(dtype)
+    cdf_rows = cdf.reshape(-1, num_terms)
+    s = jnp.minimum(_search(cdf_rows, entry * num_comps + z, u), num_terms - 1).astype(dtype)
     table = data.table
     a = t.a_t[entry, z] + table.u[entry].astype(dtype) + s
     b = t.b_t[entry, z] + (table.m + entry_degree(table, prior) - table.u)[entry].astype(dtype) - s
@@ -341,9 +345,12 @@ def summaries(
     other inputs.
     """
     key = jax.random.wrap_key_data(key_data, impl=key_impl)
+    table = data.table
+    # Per (c, N) pair, not per entry: a large N makes the entries many times the pairs.
     log_ws = jax.lax.map(
-        lambda ds: table_log_weights(data.table, ds[0], ds[1], num_terms), (deltas, stars)
-    )  # (draws, entries, terms)
+        lambda ds: pair_log_weights(table.pair_c, table.pair_n, ds[0], ds[1], num_terms),
+        (deltas, stars),
+    )  # (draws, [classes,] pairs, terms)
     num_classes = data.counts.shape[1]
 
     def block_fn(block: SPAData, ids, rep):
@@ -353,6 +360,7 @@ def summaries(
 
         def per_draw(args):
             log_w, k, delta, star = args
+            log_w = pick_weights(log_w, block.table.rho, block.table.pair)
             t = t_part_given(block.table, prior, basis, log_w)
             resp = responsibilities(block, rows, t)
             moments = entry_moments_t(block.table, prior, t, moments_needed(delta))
