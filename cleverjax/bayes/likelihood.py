@@ -28,7 +28,6 @@ Two parts, computed apart because only one depends on delta:
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -185,42 +184,6 @@ def _window_start(c, r, s, log_omega, window: int, num_terms: int):
     return jnp.clip(start, lo, jnp.maximum(lo, hi - window + 1))
 
 
-@functools.cache
-def _stirling_errors(num_terms: int) -> np.ndarray:
-    """``log n! - [(n + 1/2) log n - n + log(2 pi) / 2]`` for n = 0..num_terms-1 (0 at n = 0,
-    where it is never used), in float64: the small remainder of Stirling's formula."""
-    n = np.arange(num_terms, dtype=np.float64)
-    exact = [
-        math.lgamma(k + 1) - (k + 0.5) * math.log(k) + k - 0.5 * math.log(2 * math.pi)
-        for k in range(1, 16)
-    ]
-    out = (
-        1 / (12 * n[1:])
-        - 1 / (360 * n[1:] ** 3)
-        + 1 / (1260 * n[1:] ** 5)
-        - 1 / (1680 * n[1:] ** 7)
-    )
-    out[: len(exact)] = exact[: num_terms - 1]
-    return np.concatenate([[0.0], out])
-
-
-def _deviance(x: Array, m: Array) -> Array:
-    """``x log(x / m) + m - x`` (Loader's ``bd0``) without cancellation near ``x = m``:
-    a series in ``v = (x - m) / (x + m)`` where ``|v| < 1/2`` (``x / m`` within a factor
-    of 3); ``+inf`` for ``m = 0 < x``."""
-    m_safe = jnp.where(m > 0, m, 1.0)
-    v = (x - m_safe) / (x + m_safe)
-    v2 = v * v
-    series, power = (x - m_safe) * v, 2 * x * v
-    # v^2 < 1/4: the terms after these are below the dtype's precision.
-    for k in range(1, 14 if jnp.finfo(v.dtype).bits <= 32 else 27):
-        power = power * v2
-        series = series + power / (2 * k + 1)
-    direct = _xlogy(x, jnp.log(jnp.where(x > 0, x, 1.0) / m_safe)) + m_safe - x
-    out = jnp.where(jnp.abs(v) < 0.5, series, direct)
-    return jnp.where(m > 0, out, jnp.where(x > 0, jnp.inf, 0.0))
-
-
 def _one_minus(x: Array) -> tuple[Array, Array]:
     """``1 - x`` as an unevaluated sum ``hi + lo`` that holds it exactly (Fast2Sum)."""
     hi = 1 - x
@@ -237,34 +200,6 @@ def _log_sum(a: Array, b: Array, a_lo: Array | float = 0.0, b_lo: Array | float 
     return jnp.log(s) + jnp.log1p((err + a_lo + b_lo) / s)
 
 
-def _safe_log(x: Array) -> Array:
-    """``log x`` with ``-inf`` at 0 and a finite gradient there (never differentiated)."""
-    pos = x > 0
-    return jnp.where(pos, jnp.log(jnp.where(pos, x, 1.0)), -jnp.inf)
-
-
-def _log_binomial(x: Array, n: Array, p: Array, q: Array, stirling: Array) -> Array:
-    """``log Binomial(x; n, p)`` for integers ``0 <= x <= n`` (as floats), ``q = 1 - p``
-    given apart so that neither loses digits. Loader's saddle-point form: every part is
-    small near the mode, so float32 keeps the terms that matter to a few ulps even at
-    n = 1000, where ``log n!`` alone (about 5912) carries 5e-4 of rounding.
-    ``stirling``: :func:`_stirling_errors` up to the largest ``n``."""
-    inner = (x > 0) & (x < n)
-    xi = jnp.where(inner, x, 1.0)
-    ni = jnp.where(inner, n, 2.0)
-
-    def st(k):
-        return stirling[k.astype(jnp.int32)]
-
-    interior = (
-        st(ni) - st(xi) - st(ni - xi)
-        - _deviance(xi, ni * p) - _deviance(ni - xi, ni * q)
-        + 0.5 * (jnp.log(ni) - jnp.log(2 * jnp.pi) - jnp.log(xi) - jnp.log(ni - xi))
-    )  # fmt: skip
-    ends = jnp.where(x == 0, _xlogy(n, _safe_log(q)), _xlogy(n, _safe_log(p)))
-    return jnp.where(inner, interior, ends)
-
-
 def _log_weights_recurrence(c_rho, n, delta, one_star, num_terms: int):
     """log W_s in O(T) per pair: W_s is ``(1* + delta)^c (2 - 1* - delta)^r`` times the
     probability that ``I + J = s``, ``I ~ Binomial(c, b)``, ``J ~ Binomial(r, f)`` with
@@ -276,8 +211,8 @@ def _log_weights_recurrence(c_rho, n, delta, one_star, num_terms: int):
     whose middle coefficient is positive below a turning point and negative above it. The
     ratios of successive terms are therefore run forwards from ``s = 0`` up to the turning
     point and backwards from ``s = N`` down to it, each in its stable direction (every
-    term positive). The log-ratios are summed outwards from the mode of P, where one exact
-    windowed sum (:func:`_log_weights_at`) anchors them.
+    term positive). The log-ratios are summed outwards from the mode of P, and normalised
+    (P sums to one), which anchors them.
     """
     dtype = jnp.result_type(delta, one_star)
     c = c_rho.astype(dtype)
@@ -332,29 +267,11 @@ def _log_weights_recurrence(c_rho, n, delta, one_star, num_terms: int):
     right = s >= top[None]
     below = jnp.flip(jnp.cumsum(jnp.flip(jnp.where(right, 0.0, step), 0), axis=0), 0)
     above = jnp.cumsum(jnp.where(right, step, 0.0), axis=0) - jnp.where(right, step, 0.0)
-    anchor = _log_weights_at(c, r, top[:, None], a, b, e, f, num_terms)[:, 0]
-    log_p = jnp.where((s >= lo_) & (s <= hi_), anchor[None] - below + above, -jnp.inf)
+    # P sums to 1 over its support: normalising anchors the ratios exactly, with the
+    # terms that carry the mass (those near the mode) the fewest roundings away.
+    rel = jnp.where((s >= lo_) & (s <= hi_), above - below, -jnp.inf)  # log(P[s] / P[top])
+    log_p = rel - logsumexp(rel, axis=0, keepdims=True)
     return (per_pair[None] + log_p).T
-
-
-def _log_weights_at(c, r, s, a, b, e, f, num_terms: int):
-    """``log P(I + J = s)`` at given ``s`` (``(pairs, points)``): the windowed sum over
-    ``j`` (see :func:`weight_window`) of Loader-form binomial terms."""
-    window = min(weight_window(num_terms), num_terms)
-    log_omega = _safe_log(f) + _safe_log(a) - _safe_log(b) - _safe_log(e)
-    c3, r3, s3 = c[:, None, None], r[:, None, None], s[:, :, None]
-    if window >= num_terms:
-        start = jnp.maximum(0.0, s3 - c3)
-    else:
-        start = _window_start(c3, r3, s3, jax.lax.stop_gradient(log_omega), window, num_terms)
-    j = jax.lax.stop_gradient(start) + jnp.arange(window, dtype=c.dtype)[None, None, :]
-    i = s3 - j
-    valid = (i >= 0) & (i <= c3) & (j <= r3)
-    stirling = jnp.asarray(_stirling_errors(max(num_terms, 3)), c.dtype)
-    term = _log_binomial(jnp.clip(i, 0.0, c3), c3, b, a, stirling) + _log_binomial(
-        jnp.clip(j, 0.0, r3), r3, f, e, stirling
-    )
-    return _masked_logsumexp(term, valid & (term > -jnp.inf))
 
 
 def _log_weights_block(c_rho, n, delta, one_star, num_terms: int, window: int):
