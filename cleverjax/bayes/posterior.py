@@ -119,7 +119,8 @@ def _gamma_shapes(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num
     num_comps, num_terms = cdf.shape[1:]
     u = flat_draw(jax.random.uniform, k_s, z.shape, dtype) * cdf[entry, z, -1]
     cdf_rows = cdf.reshape(-1, num_terms)
-    s = jnp.minimum(_search(cdf_rows, entry * num_comps + z, u), num_terms - 1).astype(dtype)
+    row = entry * num_comps + z.astype(entry.dtype)
+    s = jnp.minimum(_search(cdf_rows, row, u), num_terms - 1).astype(dtype)
     table = data.table
     a = t.a_t[entry, z] + table.u[entry].astype(dtype) + s
     b = t.b_t[entry, z] + (table.m + entry_degree(table, prior) - table.u)[entry].astype(dtype) - s
