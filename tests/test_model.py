@@ -989,9 +989,9 @@ def test_weights_match_a_float64_reference(n):
     from scipy.special import betaln, logsumexp
 
     cs = sorted({0, 1, n // 4, n // 2, int(0.77 * n), n - 1, n})
-    # Up to 64 terms the inner sums are summed in full; beyond, each W_s is the exact value
-    # at the mode times up to N ratios of successive terms, each a few float32 roundings
-    # (<= 4 eps) from exact. On top, no float32 holds a value v closer than eps |v| / 2.
+    # Up to 64 terms the inner sums are summed in full; beyond, each W_s is a product of up
+    # to N ratios of successive terms, each a few float32 roundings (<= 4 eps) from exact,
+    # normalised over s. On top, no float32 holds a value v closer than eps |v| / 2.
     eps = np.finfo(np.float32).eps
     tol = max(1e-4, 4 * eps * n)
     s = np.arange(n + 1)

@@ -317,8 +317,8 @@ def log_weights_counts(
     ``-inf`` for ``s > N``. ``num_terms`` must exceed the largest N.
 
     Up to 64 terms the inner sums are summed in full (pairs in blocks, so that memory
-    stays bounded). Beyond, a three-term recurrence in ``s`` gives every W_s from one
-    windowed sum per pair (see :func:`_log_weights_recurrence`): ``O(T)`` per pair
+    stays bounded). Beyond, a three-term recurrence in ``s`` gives the ratios of
+    successive W_s, normalised (see :func:`_log_weights_recurrence`): ``O(T)`` per pair
     rather than ``O(T^2)``. In float32 the terms within 30 nats of the largest are
     within 1e-4 nats of float64 up to N = 1000, beyond the rounding of the value itself
     (``eps |log W_s|``), tested.
@@ -663,9 +663,6 @@ def t_part_given(table: EntryTable, prior: Prior, basis: TBasis, log_w: Array) -
     """:func:`t_part` from its delta-free half ``basis`` (:func:`t_basis`)."""
     dtype = log_w.dtype
     kinds = np.asarray(prior.kind)
-    n = entry_degree(table, prior).astype(dtype)[:, None, None]
-    m = table.m.astype(dtype)[:, None, None]
-    u = table.u.astype(dtype)[:, None, None]
     s = jnp.arange(log_w.shape[1], dtype=dtype)[None, None, :]
     log_mix_d = log_w[:, None, :] + basis.log_beta
     # Spikes: t = 0 keeps only the s = 0 term (and needs no unbiased vote for rho);
@@ -673,11 +670,11 @@ def t_part_given(table: EntryTable, prior: Prior, basis: TBasis, log_w: Array) -
     # Their integrals are that one term: only the Dirichlet components need the sum.
     spikes, spike_t = [], []
     for kind in kinds[kinds > 0]:
-        keep = (s == 0) & (u == 0) if kind == 1 else (s == n) & (u == m)
-        spikes.append(jnp.where(keep, log_w[:, None, :], -jnp.inf))
         at = jnp.zeros_like(table.n) if kind == 1 else entry_degree(table, prior)
-        term = jnp.take_along_axis(log_w, at[:, None], axis=1)[:, 0]
         ok = (table.u == 0) if kind == 1 else (table.u == table.m)
+        keep = (s == at.astype(dtype)[:, None, None]) & ok[:, None, None]
+        spikes.append(jnp.where(keep, log_w[:, None, :], -jnp.inf))
+        term = jnp.take_along_axis(log_w, at[:, None], axis=1)[:, 0]
         spike_t.append(jnp.where(ok, term, -jnp.inf)[:, None])
     log_mix = jnp.concatenate([log_mix_d, *spikes], axis=1)
     log_t_d = _masked_logsumexp(log_mix_d, jnp.isfinite(log_mix_d))
