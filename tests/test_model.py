@@ -1046,6 +1046,30 @@ def test_recurrence_gradient_matches_the_full_sums():
     assert abs(integral(fast, *at) - integral(full, *at)) < 1e-3
     other = np.asarray(jax.grad(lambda d, w: integral(fast, d, w), argnums=(0, 1))(0.31, at[1]))
     assert np.max(np.abs(other - g_full) / np.abs(g_full)) > 1e-2  # control
+    # Forward mode, the recurrence's own derivative rule, gives the same slopes.
+    for i, direction in enumerate([(1.0, 0.0), (0.0, 1.0)]):
+        tangent = tuple(jnp.float32(x) for x in direction)
+        slope = jax.jvp(lambda d, w: integral(fast, d, w), at, tangent)[1]
+        np.testing.assert_allclose(float(slope), g_full[i], rtol=1e-3)
+
+
+def test_moment_start_is_the_method_of_moments_delta():
+    """Rows whose unbiased votes never pick the proposal accept it at rate delta; rows
+    whose votes always do accept at 1* and carry nothing: the start is logit(delta / 1*).
+    Probe rows and rows without unbiased votes are left out; too few rows give None."""
+    k, star = 3, 0.99
+    counts = np.array([[3, 7, 0]] * 4 + [[0, 0, 10]] * 2 + [[10, 0, 0]] * 3 + [[9, 1, 0]])
+    unbiased = np.array([[0, 5, 5]] * 4 + [[0, 0, 10]] * 2 + [[0, 0, 0]] * 3 + [[0, 4, 0]])
+    rho = np.array([0] * 4 + [2] * 2 + [0] * 3 + [0])
+    probe = np.zeros(10, bool)
+    probe[-1] = True  # would pull the estimate to 0.9
+    data = bdata.SPAData(rho, counts, unbiased, probe, np.ones(10), np.arange(10), None)
+    config = model.ModelConfig(num_classes=k, num_components=2, num_terms=11, one_star=star)
+    # Four rows at share 0 accept 0.3; two at share 1 accept 1.0 - 0.99 each (0.01 over).
+    want = (4 * 0.3 + 2 * 1.0 - star * 2) / 4 / star
+    got = fitting.moment_start(data, config)
+    assert got == pytest.approx(np.log(want / (1 - want)), abs=1e-9)
+    assert fitting.moment_start(data._replace(weight=np.r_[np.zeros(5), np.ones(5)]), config) is None
 
 
 def mixed_counts(seed=0, images=300, many=5, n_many=150):
