@@ -153,7 +153,16 @@ class LivePairs(NamedTuple):
 def live_pairs(table: EntryTable, num_classes: int) -> LivePairs:
     """The :class:`LivePairs` of ``table`` (computed on the host)."""
     table = EntryTable(*(np.asarray(x) for x in table))
-    cal = _calibration(table.n, table.m, table.group, num_classes)
+    return entry_pairs(table, _calibration(table.n, table.m, table.group, num_classes))
+
+
+def entry_pairs(table: EntryTable, cal: np.ndarray | None = None) -> LivePairs:
+    """The (c, N) pairs that the entries ``cal`` (a mask; every entry when ``None``) use,
+    as :class:`LivePairs`: padded tables hold a pair for every c up to their largest N,
+    of which a few calibration entries use a handful (computed on the host)."""
+    table = EntryTable(*(np.asarray(x) for x in table))
+    if cal is None:
+        cal = np.ones(table.num_entries, bool)
     pair_c, pair_n = table.pair_c, table.pair_n
     used, inverse = np.unique(table.pair[cal], return_inverse=True)
     entry_pair = np.zeros(table.num_entries, np.int32)

@@ -14,8 +14,25 @@ from jaxtyping import Array, Float
 
 from .. import _checks
 from .._checks import ArrayIn
-from .data import SPAData, calibrated_rows, numpy_rng, pad, prepare, restrict
-from .likelihood import Prior, log_marginal, row_part, t_basis, t_part_given, table_log_weights
+from .data import (
+    LivePairs,
+    SPAData,
+    calibrated_rows,
+    entry_pairs,
+    numpy_rng,
+    pad,
+    prepare,
+    restrict,
+)
+from .likelihood import (
+    Prior,
+    log_marginal,
+    pair_log_weights,
+    pick_weights,
+    row_part,
+    t_basis,
+    t_part_given,
+)
 
 
 class DeltaPosterior(NamedTuple):
@@ -39,16 +56,18 @@ class DeltaPosterior(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("num_terms",))
 def log_likelihood_grid(
-    data: SPAData, prior: Prior, grid: Array, one_star: Array, *, num_terms: int
+    data: SPAData, prior: Prior, grid: Array, one_star: Array, pairs: LivePairs, *, num_terms: int
 ) -> Float[Array, " points"]:
-    """Total log likelihood of ``data`` at every delta of ``grid`` (1* fixed). The data are
-    an argument, so one compiled program serves every data set of the same padded shape."""
-
+    """Total log likelihood of ``data`` at every delta of ``grid`` (1* fixed), with the
+    weights of only the (c, N) pairs that its entries use (``pairs``, see
+    :func:`cleverjax.bayes.data.entry_pairs`). The data are an argument, so one compiled
+    program serves every data set of the same padded shape."""
     rows = row_part(data, prior)  # the delta-free parts, once for every point
     basis = t_basis(data.table, prior, num_terms)
 
     def one(d):
-        log_w = table_log_weights(data.table, d, one_star, num_terms)
+        now = pair_log_weights(pairs.c, pairs.n, d, one_star, num_terms)
+        log_w = pick_weights(now, data.table.rho, pairs.entry_pair)
         t = t_part_given(data.table, prior, basis, log_w)
         return jnp.sum(data.weight * logsumexp(log_marginal(data, rows, t), axis=-1))
 
@@ -146,10 +165,12 @@ def grid_posterior(
     star = jnp.asarray(one_star, dtype)
     a, b = delta_prior
     nodes, w = np.polynomial.legendre.leggauss(num_points)
+    pairs = entry_pairs(data.table)
 
     def stage(lo, hi):  # on the host, but for the likelihood: no small eager programs
         grid = (lo + (hi - lo) * (nodes + 1) / 2).astype(dtype)
-        ll = np.asarray(log_likelihood_grid(data, prior, grid, star, num_terms=num_terms))
+        ll = log_likelihood_grid(data, prior, grid, star, pairs, num_terms=num_terms)
+        ll = np.asarray(ll)
         log_prior = beta.logpdf(grid / one_star, a, b) - np.log(one_star)
         return grid, (ll + log_prior + np.log(w * (hi - lo) / 2)).astype(dtype)
 
