@@ -691,6 +691,46 @@ def test_divergence_raises_instead_of_returning_nan(first_order):
             )  # fmt: skip
 
 
+def test_plateau_track_compares_with_the_value_a_window_earlier():
+    """Window 3: done when the objective is less than the threshold below its value three
+    evaluations earlier (hand-computed: 5.0 -> 4.84 gains 0.16); never before three."""
+    state = optimize.LBFGSState(*([jnp.zeros(())] * 8), jnp.full(3, jnp.inf), 0, False)
+    done = []
+    for value in [10.0, 5.0, 4.9, 4.85, 4.84]:
+        state = optimize._plateau_track(state._replace(value=jnp.asarray(value)), jnp.asarray(0.2))
+        done.append(bool(state.done))
+    assert done == [False, False, False, False, True]
+    state = optimize.LBFGSState(*([jnp.zeros(())] * 8), jnp.full(3, jnp.inf), 0, False)
+    for value in [10.0, 5.0, 4.9, 4.85, 4.84]:  # control: a smaller threshold
+        state = optimize._plateau_track(state._replace(value=jnp.asarray(value)), jnp.asarray(0.1))
+    assert not bool(state.done)
+
+
+def _bowl(params, target, static):
+    return 100.0 * jnp.sum((params["x"] - target) ** 2)
+
+
+def _real(static):
+    from numpyro.distributions import constraints
+
+    return {"x": constraints.real}
+
+
+def test_lbfgs_stops_inside_a_chunk_at_its_plateau():
+    """On a quadratic bowl L-BFGS reaches the minimum in a few evaluations and stops one
+    window (10 evaluations) after its last gain, inside its second chunk; with a negative
+    tolerance it runs to ``max_steps`` and warns (control)."""
+    target = jnp.asarray([1.0, -2.0, 0.5])
+    start = {"x": np.zeros(3, np.float32)}
+    args = dict(max_steps=60, scale=1.0)
+    out = optimize.run_lbfgs(_bowl, start, _real, (target,), None, tolerance=1e-6, **args)
+    assert out.converged and 10 < len(out.losses) < 20
+    np.testing.assert_allclose(np.asarray(out.params["x"]), np.asarray(target), atol=1e-3)
+    with pytest.warns(optimize.ConvergenceWarning):
+        out = optimize.run_lbfgs(_bowl, start, _real, (target,), None, tolerance=-1.0, **args)
+    assert not out.converged and len(out.losses) == 60
+
+
 @pytest.mark.parametrize(
     "config",
     [

@@ -103,14 +103,16 @@ def _run_chunks(run_chunk, state, *, max_steps: int, chunk: int, converged_fn, p
             out = np.asarray(out)  # waits for the chunk
             seconds.append(time.perf_counter() - t0)
             _check_finite(out, steps, hint)
-            steps += chunk
-            bar.update(chunk)
+            steps += len(out)
+            bar.update(len(out))
             losses.append(out)
             if converged_fn(losses):
                 converged = True
                 break
-    timed = seconds[1:] or seconds  # the first chunk compiles
-    return state, np.concatenate(losses), converged, sum(timed) / (len(timed) * chunk)
+    # The first chunk compiles; a chunk may stop short (L-BFGS, at its plateau).
+    timed = (seconds[1:], losses[1:]) if len(seconds) > 1 else (seconds, losses)
+    per_step = sum(timed[0]) / max(sum(len(x) for x in timed[1]), 1)
+    return state, np.concatenate(losses), converged, per_step
 
 
 class LBFGSState(NamedTuple):
@@ -123,6 +125,11 @@ class LBFGSState(NamedTuple):
         step: step length to try next along ``direction``.
         s, y: ``(memory, size)`` the last parameter and gradient differences (a ring).
         count: differences stored so far (the newest at ``(count - 1) % memory``).
+        recent: ``(window,)`` the objective after each of the last ``window`` evaluations
+            (a ring, ``inf`` before the first ones).
+        evals: evaluations since the run (or its resumption) began.
+        done: the last ``window`` evaluations lowered the objective by less than the
+            tolerance: later evaluations are skipped.
     """
 
     x: Array
@@ -133,6 +140,21 @@ class LBFGSState(NamedTuple):
     s: Array
     y: Array
     count: Array
+    recent: Array
+    evals: Array
+    done: Array
+
+
+def _plateau_track(state: LBFGSState, threshold: Array) -> LBFGSState:
+    """Record the objective after an evaluation; ``done`` once it is less than
+    ``threshold`` below its value ``window`` evaluations earlier."""
+    slot = state.evals % state.recent.shape[0]
+    gain = state.recent[slot] - state.value  # inf (or nan) until window evaluations ran
+    return state._replace(
+        recent=state.recent.at[slot].set(state.value),
+        evals=state.evals + 1,
+        done=state.done | (gain < threshold),
+    )
 
 
 def _lbfgs_direction(g: Array, s: Array, y: Array, count: Array) -> Array:
@@ -194,7 +216,9 @@ def _lbfgs_evaluation(value_and_grad, state: LBFGSState) -> LBFGSState:
     direction = jnp.where(fresh, steepest, direction)
     direction = jnp.where(ok | restart, direction, state.direction)
     step = jnp.where(ok | restart, 1.0, state.step * 0.5).astype(state.step.dtype)
-    return LBFGSState(x, new_value, new_grad, direction, step, s, y, count)
+    return state._replace(
+        x=x, value=new_value, grad=new_grad, direction=direction, step=step, s=s, y=y, count=count
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -218,17 +242,22 @@ def _lbfgs_programs(loss, static, constraints, chunk: int, memory: int):
         inf = jnp.full((), jnp.inf, x.dtype)
         return LBFGSState(
             x, inf, jnp.zeros_like(x), jnp.zeros_like(x), jnp.ones((), x.dtype), zeros, zeros,
-            jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.int32), jnp.full((chunk,), jnp.inf, x.dtype),
+            jnp.zeros((), jnp.int32), jnp.zeros((), bool),
         )  # fmt: skip
 
     @jax.jit
-    def run_chunk(state, params, args):
+    def run_chunk(state, params, args, threshold):
         _, unravel = ravel_pytree(unconstrain(params))
         value_and_grad = jax.value_and_grad(lambda x: loss(constrain(unravel(x)), *args, static))
 
+        def evaluate(st):
+            return _plateau_track(_lbfgs_evaluation(value_and_grad, st), threshold)
+
         def body(st, _):
-            st = _lbfgs_evaluation(value_and_grad, st)
-            return st, st.value
+            ran = ~st.done
+            st = jax.lax.cond(st.done, lambda x: x, evaluate, st)
+            return st, (st.value, ran)
 
         return jax.lax.scan(body, state, None, length=chunk)
 
@@ -265,7 +294,8 @@ def run_lbfgs(
 
     ``max_steps`` counts evaluations of the objective; converged when the last ``chunk``
     evaluations lowered it by less than ``tolerance * scale`` nats (``scale``: the number
-    of images, so that the tolerance is per image).
+    of images, so that the tolerance is per image). The rule is checked after every
+    evaluation on the device, which skips the rest of its chunk once it holds.
 
     ``resume``: the final state of an earlier run (``Optimized.state``) on a changed
     objective with the same parameters: the run starts at its point with its curvature
@@ -278,21 +308,32 @@ def run_lbfgs(
             state = start(params)
     else:  # a zero step "accepts" the old point under the new objective
         dtype = resume.value.dtype
-        state = resume._replace(value=np.asarray(np.inf, dtype), step=np.zeros((), dtype))
+        state = resume._replace(
+            value=np.asarray(np.inf, dtype),
+            step=np.zeros((), dtype),
+            recent=np.full(resume.recent.shape, np.inf, dtype),
+            evals=np.zeros((), np.int32),
+            done=np.zeros((), bool),
+        )
     # Placed where the data are, as the chunks' outputs will be: inputs that move from
     # uncommitted to committed between calls would compile the chunk program twice.
     sharding = jax.tree.leaves(args)[0].sharding
     state, params, args = jax.device_put((state, params, args), sharding)
 
-    def converged_fn(losses):
-        return len(losses) > 1 and bool(losses[-2][-1] - losses[-1][-1] < tolerance * scale)
+    threshold = np.asarray(tolerance * scale, state.value.dtype)
+    done = [False]
+
+    def chunk_fn(st):
+        st, (values, ran) = run_chunk(st, params, args, threshold)
+        done[0] = bool(st.done)
+        return st, np.asarray(values)[np.asarray(ran)]
 
     state, losses, converged, step_seconds = _run_chunks(
-        lambda st: run_chunk(st, params, args),
+        chunk_fn,
         state,
         max_steps=max_steps,
         chunk=chunk,
-        converged_fn=converged_fn,
+        converged_fn=lambda losses: done[0],
         progress=progress,
         hint=hint,
     )
