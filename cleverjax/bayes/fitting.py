@@ -436,6 +436,19 @@ def moment_start(data: SPAData, config: ModelConfig) -> float | None:
     return math.log(frac / (1 - frac))
 
 
+ROUND_MOVE_SD = 0.02
+"""With the cut, the rounds end once the globals move by less than this fraction of their
+own posterior sd in a round (logit units; or by less than 1e-3, delta by 0.00025): the
+rest of the way to the fixed point is a small fraction of what the data leave uncertain,
+and each round's optimiser stops at its tolerance anyway."""
+
+
+def _settled(params: dict) -> float:
+    """How little the globals must move in a round for the rounds to end."""
+    scales = [np.min(np.asarray(v)) for k, v in params.items() if k.endswith("_scale")]
+    return float(max(1e-3, ROUND_MOVE_SD * min(scales, default=0.0)))
+
+
 def _lbfgs_fit(
     data, config: ModelConfig, init: Prior, progress: bool, common: dict, start: float | None
 ) -> Optimized:
@@ -470,7 +483,7 @@ def _lbfgs_fit(
         moved = max(
             np.max(np.abs(np.asarray(params[k]) - np.asarray(v))) for k, v in frozen.items()
         )
-        if moved < 1e-3 and not loose:  # logit units: delta moves by less than 0.00025
+        if moved < _settled(params) and not loose:
             break
         loose = loose and moved >= 1e-2
     else:
