@@ -282,8 +282,10 @@ def test_posterior_draws_have_the_exact_moments():
     assert np.any(np.abs(mean - exact) / se > limit)
 
 
+@pytest.mark.parametrize("select", [True, False], ids=["top_k", "network"])
 @pytest.mark.parametrize("n", [1, 2, 5, 16, 208])
-def test_sorting_network_and_intervals_match_numpy(n):
+def test_sorting_network_and_intervals_match_numpy(n, select, monkeypatch):
+    monkeypatch.setattr(posterior, "SELECT_BELOW", 2**30 if select else 0)
     rng = np.random.default_rng(n)
     x = rng.normal(size=(7, n, 3)).astype(np.float32)
     x[0, : n // 2] = 0.25  # ties
@@ -704,6 +706,18 @@ def test_plateau_track_compares_with_the_value_a_window_earlier():
     for value in [10.0, 5.0, 4.9, 4.85, 4.84]:  # control: a smaller threshold
         state = optimize._plateau_track(state._replace(value=jnp.asarray(value)), jnp.asarray(0.1))
     assert not bool(state.done)
+
+
+def test_grid_prior_density_is_the_beta_log_density():
+    """The grid's log prior of delta / 1* equals scipy's Beta log density; swapped
+    shapes differ (control)."""
+    from cleverjax.bayes import exact
+
+    x = np.linspace(0.01, 0.99, 9)
+    for a, b in [(1.0, 1.0), (2.0, 5.0), (0.5, 0.7)]:
+        want = stats.beta.logpdf(x, a, b)
+        np.testing.assert_allclose(exact._beta_logpdf(x, a, b), want, rtol=1e-12, atol=1e-12)
+    assert np.max(np.abs(exact._beta_logpdf(x, 5.0, 2.0) - stats.beta.logpdf(x, 2.0, 5.0))) > 1
 
 
 def _bowl(params, target, static):

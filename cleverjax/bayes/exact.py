@@ -4,6 +4,7 @@ closed form and delta by quadrature, the reference that SVI is checked against."
 from __future__ import annotations
 
 import functools
+import math
 from typing import Literal, NamedTuple
 
 import jax
@@ -159,8 +160,6 @@ def grid_posterior(
     point (its softmax: each point's posterior probability) of delta given ``data`` (the
     rows that inform delta, padded) and ``prior``: Gauss-Legendre nodes over ``[0, 1*]``,
     then again over the range that holds all but 1e-9 of the mass."""
-    from scipy.stats import beta
-
     dtype = jnp.result_type(float)
     star = jnp.asarray(one_star, dtype)
     a, b = delta_prior
@@ -171,7 +170,7 @@ def grid_posterior(
         grid = (lo + (hi - lo) * (nodes + 1) / 2).astype(dtype)
         ll = log_likelihood_grid(data, prior, grid, star, pairs, num_terms=num_terms)
         ll = np.asarray(ll)
-        log_prior = beta.logpdf(grid / one_star, a, b) - np.log(one_star)
+        log_prior = _beta_logpdf(grid.astype(np.float64) / one_star, a, b) - math.log(one_star)
         return grid, (ll + log_prior + np.log(w * (hi - lo) / 2)).astype(dtype)
 
     grid, lp = stage(0.0, float(one_star))
@@ -179,6 +178,13 @@ def grid_posterior(
     lo = grid[max(int(np.searchsorted(cdf, 1e-9)) - 2, 0)]
     hi = grid[min(int(np.searchsorted(cdf, 1 - 1e-9)) + 2, len(grid) - 1)]
     return stage(float(lo), float(hi))
+
+
+def _beta_logpdf(x: np.ndarray, a: float, b: float) -> np.ndarray:
+    """log density of Beta(a, b) at ``x`` inside (0, 1) (the grid's nodes are interior;
+    ``scipy.stats`` would cost half a second to import in every process)."""
+    log_norm = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    return (a - 1) * np.log(x) + (b - 1) * np.log1p(-x) - log_norm
 
 
 def _grid_weights(log_post: np.ndarray) -> np.ndarray:
