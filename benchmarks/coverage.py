@@ -215,9 +215,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000, help="images per campaign")
     parser.add_argument("--accuracy", type=float, default=0.85, help="proposer accuracy")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--delta-prior", type=float, nargs=2, default=None, metavar=("A", "B"),
+        help="Beta prior of delta / 1* passed to fit (default: fit's own)",
+    )  # fmt: skip
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run")
     args = parser.parse_args()
     fit_kwargs: dict = dict(num_ppc_replicates=0, check_model=False)
+    if args.delta_prior is not None:
+        fit_kwargs["delta_prior"] = tuple(args.delta_prior)
     if args.tiny:
         args.datasets, args.annotations, args.deltas = ["Turkey"], [5], [0.3]
         args.calibration, args.replicates, args.images = [50], 2, 300
@@ -234,7 +240,7 @@ def main() -> None:
         case="setup", sources=[s for _, _, s in sources], annotations=args.annotations,
         deltas=args.deltas, calibration=args.calibration, replicates=args.replicates,
         images=args.images, accuracy=args.accuracy, unbiased_per_image=UNBIASED_PER_IMAGE,
-        level=LEVEL, seed=args.seed,
+        level=LEVEL, seed=args.seed, delta_prior=fit_kwargs.get("delta_prior", "default"),
     )  # fmt: skip
     base = jax.random.key(args.seed)
     cells = []

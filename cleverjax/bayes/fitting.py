@@ -398,8 +398,9 @@ MAX_CUT_ROUNDS = 8
 LAST_ROUND_MOVE = 1e-2
 """With the cut, a last round whose globals still move by this much (logit units) means
 the rounds did not reach their fixed point: ``fit`` warns and reports
-``converged=False``. Below it, and above the 1e-3 that ends the rounds early, the
-globals are as close as the optimiser's own tolerance makes them."""
+``converged=False``. Below it, and above the move that ends the rounds early (see
+:data:`ROUND_MOVE_SD`), the globals are as close as the optimiser's own tolerance makes
+them."""
 
 EARLY_ROUND_LOOSENESS = 10.0
 """With the cut, rounds run at this many times the tolerance until the globals move by
