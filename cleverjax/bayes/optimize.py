@@ -109,10 +109,8 @@ def _run_chunks(run_chunk, state, *, max_steps: int, chunk: int, converged_fn, p
             if converged_fn(losses):
                 converged = True
                 break
-    # The first chunk compiles; a chunk may stop short (L-BFGS, at its plateau).
-    timed = (seconds[1:], losses[1:]) if len(seconds) > 1 else (seconds, losses)
-    per_step = sum(timed[0]) / max(sum(len(x) for x in timed[1]), 1)
-    return state, np.concatenate(losses), converged, per_step
+    timed = seconds[1:] or seconds  # the first chunk compiles
+    return state, np.concatenate(losses), converged, sum(timed) / (len(timed) * chunk)
 
 
 class LBFGSState(NamedTuple):
@@ -129,7 +127,7 @@ class LBFGSState(NamedTuple):
             (a ring, ``inf`` before the first ones).
         evals: evaluations since the run (or its resumption) began.
         done: the last ``window`` evaluations lowered the objective by less than the
-            tolerance: later evaluations are skipped.
+            tolerance: later evaluations leave the state as it is.
     """
 
     x: Array
@@ -251,12 +249,13 @@ def _lbfgs_programs(loss, static, constraints, chunk: int, memory: int):
         _, unravel = ravel_pytree(unconstrain(params))
         value_and_grad = jax.value_and_grad(lambda x: loss(constrain(unravel(x)), *args, static))
 
-        def evaluate(st):
-            return _plateau_track(_lbfgs_evaluation(value_and_grad, st), threshold)
-
         def body(st, _):
+            # Once done, the state stays where it is; the evaluation still runs (a
+            # ``lax.cond`` around it copies the data into the branch at every step and
+            # costs more than the few evaluations it would skip).
+            new = _plateau_track(_lbfgs_evaluation(value_and_grad, st), threshold)
             ran = ~st.done
-            st = jax.lax.cond(st.done, lambda x: x, evaluate, st)
+            st = jax.tree.map(lambda a, b: jnp.where(st.done, a, b), st, new)
             return st, (st.value, ran)
 
         return jax.lax.scan(body, state, None, length=chunk)
@@ -295,7 +294,8 @@ def run_lbfgs(
     ``max_steps`` counts evaluations of the objective; converged when the last ``chunk``
     evaluations lowered it by less than ``tolerance * scale`` nats (``scale``: the number
     of images, so that the tolerance is per image). The rule is checked after every
-    evaluation on the device, which skips the rest of its chunk once it holds.
+    evaluation on the device, which keeps the point where it first held; the run stops at
+    the end of that chunk.
 
     ``resume``: the final state of an earlier run (``Optimized.state``) on a changed
     objective with the same parameters: the run starts at its point with its curvature
