@@ -905,7 +905,7 @@ def test_uncollapsed_model_log_density_matches_its_formula():
         cj.spa_model_uncollapsed, (counts, proposals), kwargs, {"delta": jnp.asarray(0.3), "p": p}
     )
     p_b = np.asarray(cj.biased_distribution(p, proposals, delta=0.3, one_star=0.9), float)
-    want = stats.beta.logpdf(0.3, 1, 1)
+    want = stats.beta.logpdf(0.3, *model.DEFAULT_DELTA_PRIOR)
     for i in range(2):
         alpha = np.asarray(concentration)[int(proposals[i])] / 3 * np.ones(3)
         x = np.asarray(p[i], float)

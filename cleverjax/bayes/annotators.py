@@ -35,7 +35,7 @@ from .likelihood import (
     row_part,
     t_part,
 )
-from .model import ModelConfig, prior_from_params, spa_model
+from .model import DEFAULT_DELTA_PRIOR, ModelConfig, prior_from_params, spa_model
 from .optimize import default_adam, run_svi
 from .posterior import equal_tailed, sample_p
 
@@ -175,7 +175,7 @@ def fit_annotators(
     table,
     *,
     one_star: float = 0.99,
-    delta_prior: tuple[float, float] = (1.0, 1.0),
+    delta_prior: tuple[float, float] = DEFAULT_DELTA_PRIOR,
     num_components: int = 2,
     spikes: bool = True,
     delta_from: Literal["calibration", "all"] = "calibration",

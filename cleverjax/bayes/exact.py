@@ -34,6 +34,7 @@ from .likelihood import (
     t_basis,
     t_part_given,
 )
+from .model import DEFAULT_DELTA_PRIOR
 
 
 class DeltaPosterior(NamedTuple):
@@ -91,7 +92,7 @@ def exact_delta_posterior(
     unbiased_counts: ArrayIn | None = None,
     probe: ArrayIn | None = None,
     one_star: float = 0.99,
-    delta_prior: tuple[float, float] = (1.0, 1.0),
+    delta_prior: tuple[float, float] = DEFAULT_DELTA_PRIOR,
     level: float = 0.9,
     num_points: int = 256,
     delta_from: Literal["calibration", "all"] = "calibration",

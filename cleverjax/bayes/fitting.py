@@ -50,6 +50,7 @@ from .data import (
 from .exact import draws_from_grid, grid_posterior
 from .likelihood import DifficultyDelta, Prior, count_bound, uniform_components
 from .model import (
+    DEFAULT_DELTA_PRIOR,
     REJECTION_KERNELS,
     ModelConfig,
     QuadratureELBO,
@@ -653,7 +654,7 @@ def fit(
     unbiased_counts: ArrayIn | None = None,
     probe: ArrayIn | None = None,
     one_star: float | None = 0.99,
-    delta_prior: tuple[float, float] = (1.0, 1.0),
+    delta_prior: tuple[float, float] = DEFAULT_DELTA_PRIOR,
     num_components: int = 2,
     spikes: bool = True,
     delta_from: Literal["calibration", "all"] = "calibration",
@@ -698,7 +699,8 @@ def fit(
         probe: keyword-only; ``(images,)`` bool, the image's proposal was drawn uniformly
             at random (a probe), which identifies delta without unbiased annotations.
         one_star: keyword-only; fixed 1* (paper: 0.99), or ``None`` to learn it.
-        delta_prior: keyword-only; Beta(a, b) prior of ``delta / 1*``.
+        delta_prior: keyword-only; Beta(a, b) prior of ``delta / 1*`` (default Jeffreys'
+            Beta(0.5, 0.5), see :data:`cleverjax.bayes.model.DEFAULT_DELTA_PRIOR`).
         num_components: keyword-only; Dirichlet components per prior row.
         spikes: keyword-only; add components with ``p[proposal]`` exactly 0 and exactly 1
             (classes nobody chose, unanimous images).
