@@ -152,8 +152,8 @@ class LivePairs(NamedTuple):
 
 def live_pairs(table: EntryTable, num_classes: int) -> LivePairs:
     """The :class:`LivePairs` of ``table`` (computed on the host)."""
-    table = EntryTable(*(np.asarray(x) for x in table))
-    return entry_pairs(table, _calibration(table.n, table.m, table.group, num_classes))
+    n, m, group = (np.asarray(x) for x in (table.n, table.m, table.group))
+    return entry_pairs(table, _calibration(n, m, group, num_classes))
 
 
 def entry_pairs(table: EntryTable, cal: np.ndarray | None = None) -> LivePairs:

@@ -27,9 +27,8 @@ from .data import (
 )
 from .likelihood import (
     Prior,
+    live_log_weights,
     log_marginal,
-    pair_log_weights,
-    pick_weights,
     row_part,
     t_basis,
     t_part_given,
@@ -68,8 +67,7 @@ def log_likelihood_grid(
     basis = t_basis(data.table, prior, num_terms)
 
     def one(d):
-        now = pair_log_weights(pairs.c, pairs.n, d, one_star, num_terms)
-        log_w = pick_weights(now, data.table.rho, pairs.entry_pair)
+        log_w = live_log_weights(pairs, data.table.rho, d, one_star, num_terms)
         t = t_part_given(data.table, prior, basis, log_w)
         return jnp.sum(data.weight * logsumexp(log_marginal(data, rows, t), axis=-1))
 
@@ -169,8 +167,7 @@ def grid_posterior(
 
     def stage(lo, hi):  # on the host, but for the likelihood: no small eager programs
         grid = (lo + (hi - lo) * (nodes + 1) / 2).astype(dtype)
-        ll = log_likelihood_grid(data, prior, grid, star, pairs, num_terms=num_terms)
-        ll = np.asarray(ll)
+        ll = np.asarray(log_likelihood_grid(data, prior, grid, star, pairs, num_terms=num_terms))
         log_prior = _beta_logpdf(grid.astype(np.float64) / one_star, a, b) - math.log(one_star)
         return grid, (ll + log_prior + np.log(w * (hi - lo) / 2)).astype(dtype)
 

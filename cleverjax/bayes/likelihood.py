@@ -39,7 +39,7 @@ import numpy as np
 from jax.scipy.special import betaln, digamma, gammaln, logsumexp
 from jaxtyping import Array, Bool, Float, Int
 
-from .data import EntryTable, SPAData, entry_calibrated
+from .data import EntryTable, LivePairs, SPAData, entry_calibrated
 
 
 class Prior(eqx.Module):
@@ -425,6 +425,16 @@ def pick_weights(log_w: Array, rho: Array, pair: Array) -> Float[Array, "entries
     """Each entry's row of :func:`pair_log_weights` (``pair``: the entry's pair index,
     ``rho``: its proposal, which selects the delta when there is one per class)."""
     return log_w[pair] if log_w.ndim == 2 else log_w[rho, pair]
+
+
+def live_log_weights(
+    pairs: LivePairs, rho: Array, delta: Array | DifficultyDelta, one_star: Array, num_terms: int
+) -> Float[Array, "entries terms"]:
+    """log W_s of every entry whose pair is in ``pairs`` (a compacted pair list, see
+    :func:`cleverjax.bayes.data.entry_pairs`; other entries get pair 0's row), computed
+    once per listed pair; ``rho``: each entry's proposal."""
+    log_w = pair_log_weights(pairs.c, pairs.n, delta, one_star, num_terms)
+    return pick_weights(log_w, rho, pairs.entry_pair)
 
 
 def table_log_weights(

@@ -26,11 +26,10 @@ from .likelihood import (
     DifficultyDelta,
     Prior,
     entry_log_weights,
+    live_log_weights,
     log_likelihood,
     log_marginal,
     log_weights_annotators,
-    pair_log_weights,
-    pick_weights,
     row_part,
     t_basis,
     t_part_given,
@@ -529,8 +528,7 @@ def negative_elbo(params: dict, data, frozen, config: ModelConfig) -> Array:
             elif lv.c.shape[0] == 0:  # no calibration entry: all weights frozen
                 log_w = f
             else:
-                now = pair_log_weights(lv.c, lv.n, delta, star, n)
-                log_w = jnp.where(cal, pick_weights(now, d.table.rho, lv.entry_pair), f)
+                log_w = jnp.where(cal, live_log_weights(lv, d.table.rho, delta, star, n), f)
             t = t_part_given(d.table, prior, b, log_w)
             log_joint = log_joint + jnp.sum(d.weight * logsumexp(log_marginal(d, r, t), axis=-1))
         return log_joint
