@@ -385,7 +385,10 @@ def _optimise(
             count_bounds=tuple(count_bound(d) for d in ((data,) if len(levels) == 1 else data))
         )
         data = jax.device_put(data, device)
-        out = _lbfgs_fit(data, config, init, settings["progress"], common, start)
+        exact, cal_rows = None, calibrated_rows(prep.data)
+        if exact_draws_apply(config) and cal_rows.size:  # delta's guide follows these rows
+            exact = pad(restrict(prep.data, cal_rows))
+        out = _lbfgs_fit(data, config, init, settings["progress"], common, start, exact)
     else:
         data = jax.device_put(pad(data), device)
         svi = _svi(config, optimizer)
@@ -451,13 +454,53 @@ def _settled(params: dict) -> float:
     return float(max(1e-3, ROUND_MOVE_SD * min(scales, default=0.0)))
 
 
+def exact_globals(calibration: SPAData, params: dict, config: ModelConfig) -> dict:
+    """Delta's guide matched to delta's exact posterior given the prior of ``params`` and
+    the calibration rows ``calibration`` (padded; see :func:`exact_draws_apply`): the
+    mean and sd of ``logit(delta / 1*)`` on the grid of
+    :func:`cleverjax.bayes.exact.grid_posterior`."""
+    star = float(config.one_star)
+    grid, log_post = grid_posterior(
+        calibration,
+        prior_from_params(params, config),
+        star,
+        config.delta_prior,
+        num_terms=config.num_terms,
+        num_points=EXACT_GRID_POINTS,
+    )
+    w = np.exp(log_post - log_post.max(), dtype=np.float64)
+    w /= w.sum()
+    frac = np.clip(np.asarray(grid, np.float64) / star, 1e-12, 1 - 1e-12)
+    x = np.log(frac) - np.log1p(-frac)
+    mean = float(np.sum(w * x))
+    sd = float(np.sqrt(np.sum(w * (x - mean) ** 2)))
+    loc, scale = params["delta_fraction_loc"], params["delta_fraction_scale"]
+    return {
+        "delta_fraction_loc": np.full(np.shape(loc), mean, np.asarray(loc).dtype),
+        "delta_fraction_scale": np.full(np.shape(scale), sd, np.asarray(scale).dtype),
+    }
+
+
 def _lbfgs_fit(
-    data, config: ModelConfig, init: Prior, progress: bool, common: dict, start: float | None
+    data,
+    config: ModelConfig,
+    init: Prior,
+    progress: bool,
+    common: dict,
+    start: float | None,
+    exact: SPAData | None = None,
 ) -> Optimized:
     """L-BFGS on :func:`negative_elbo`. With the cut, in rounds: the images that are not
     calibration data see the globals frozen at the previous round's, until the globals
     stop moving (a fixed point, where the loss and its gradient are the cut's). Each round
-    resumes the previous one's curvature memory."""
+    resumes the previous one's curvature memory.
+
+    ``exact``: the calibration rows, when delta's exact posterior given the prior is
+    available (:func:`exact_draws_apply`). After each round, delta's guide is then set to
+    that posterior's moments (:func:`exact_globals`) instead of the optimiser's values:
+    delta's direction of the loss is so flat that the optimiser's tolerance on the whole
+    loss leaves its location uncertain by a fair part of its sd, and the rounds would
+    wander by that much."""
     params = initial_params(config, init)
     if start is not None:
         loc = params["delta_fraction_loc"]
@@ -481,7 +524,9 @@ def _lbfgs_fit(
         )  # fmt: skip
         losses.append(out.losses)
         steps, seconds = steps + len(out.losses), seconds + out.step_seconds * len(out.losses)
-        params, state = out.params, out.state
+        params, state = dict(out.params), out.state
+        if exact is not None:
+            params.update(exact_globals(exact, params, config))
         moved = max(
             np.max(np.abs(np.asarray(params[k]) - np.asarray(v))) for k, v in frozen.items()
         )
@@ -498,7 +543,9 @@ def _lbfgs_fit(
                 stacklevel=4,
             )
             out = out._replace(converged=False)
-    return out._replace(losses=np.concatenate(losses), step_seconds=seconds / max(steps, 1))
+    return out._replace(
+        params=params, losses=np.concatenate(losses), step_seconds=seconds / max(steps, 1)
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))

@@ -124,7 +124,9 @@ class LBFGSState(NamedTuple):
         s, y: ``(memory, size)`` the last parameter and gradient differences (a ring).
         count: differences stored so far (the newest at ``(count - 1) % memory``).
         recent: ``(window,)`` the objective after each of the last ``window`` evaluations
-            (a ring, ``inf`` before the first ones).
+            (a ring, ``inf`` before the first ones; in a resumed run, ``nan`` until its
+            first evaluation fills it with the objective at the resumed point, see
+            :func:`_plateau_track`).
         evals: evaluations since the run (or its resumption) began.
         done: the last ``window`` evaluations lowered the objective by less than the
             tolerance: later evaluations leave the state as it is.
@@ -143,15 +145,36 @@ class LBFGSState(NamedTuple):
     done: Array
 
 
+RESUMED_MIN_EVALS = 5
+"""A resumed run (see :func:`run_lbfgs`) may stop after this many evaluations."""
+
+
 def _plateau_track(state: LBFGSState, threshold: Array) -> LBFGSState:
     """Record the objective after an evaluation; ``done`` once it is less than
-    ``threshold`` below its value ``window`` evaluations earlier."""
-    slot = state.evals % state.recent.shape[0]
-    gain = state.recent[slot] - state.value  # inf (or nan) until window evaluations ran
+    ``threshold`` below its value ``window`` evaluations earlier.
+
+    A resumed run (``recent`` all ``nan``) starts from a point where the optimiser had
+    already converged on a slightly changed objective, with its curvature memory: there
+    the first evaluation fills the ring with the objective at that point, so that after
+    :data:`RESUMED_MIN_EVALS` evaluations the run is done if it has gained less than
+    ``threshold`` since it began, instead of waiting a whole window. A step rejected in
+    that first window although its direction promised more than ``threshold`` (the memory
+    misled the line search: the objective may still have far to go) returns the run to
+    the usual rule, a whole window from there; near the minimum, where rounding rejects
+    steps that promise nothing, it does not."""
+    window = state.recent.shape[0]
+    recent = jnp.where(jnp.isnan(state.recent[0]), state.value, state.recent)
+    since_resume = (state.evals < window) & jnp.all(jnp.isfinite(recent))
+    promised = -jnp.dot(state.grad, state.direction)  # first-order gain of a unit step
+    misled = (state.step < 1) & (promised > threshold)
+    recent = jnp.where(since_resume & misled, jnp.inf, recent)
+    slot = state.evals % window
+    gain = recent[slot] - state.value  # inf until window evaluations ran (fresh runs)
+    done = (gain < threshold) & (state.evals + 1 >= RESUMED_MIN_EVALS)
     return state._replace(
-        recent=state.recent.at[slot].set(state.value),
+        recent=recent.at[slot].set(state.value),
         evals=state.evals + 1,
-        done=state.done | (gain < threshold),
+        done=state.done | done,
     )
 
 
@@ -219,6 +242,10 @@ def _lbfgs_evaluation(value_and_grad, state: LBFGSState) -> LBFGSState:
     )
 
 
+PLATEAU_WINDOW = 10
+"""Evaluations over which :func:`run_lbfgs` looks for a plateau of the objective."""
+
+
 @functools.lru_cache(maxsize=32)
 def _lbfgs_programs(loss, static, constraints, chunk: int, memory: int):
     """Compiled programs of :func:`run_lbfgs` for one objective, made once, so that fits
@@ -240,7 +267,7 @@ def _lbfgs_programs(loss, static, constraints, chunk: int, memory: int):
         inf = jnp.full((), jnp.inf, x.dtype)
         return LBFGSState(
             x, inf, jnp.zeros_like(x), jnp.zeros_like(x), jnp.ones((), x.dtype), zeros, zeros,
-            jnp.zeros((), jnp.int32), jnp.full((chunk,), jnp.inf, x.dtype),
+            jnp.zeros((), jnp.int32), jnp.full((PLATEAU_WINDOW,), jnp.inf, x.dtype),
             jnp.zeros((), jnp.int32), jnp.zeros((), bool),
         )  # fmt: skip
 
@@ -278,7 +305,7 @@ def run_lbfgs(
     max_steps: int,
     tolerance: float,
     scale: float,
-    chunk: int = 10,
+    chunk: int = 5,
     memory: int = 10,
     resume: LBFGSState | None = None,
     progress: bool = False,
@@ -291,27 +318,32 @@ def run_lbfgs(
     compiled programs,
     which later fits with the same settings and shapes reuse.
 
-    ``max_steps`` counts evaluations of the objective; converged when the last ``chunk``
-    evaluations lowered it by less than ``tolerance * scale`` nats (``scale``: the number
-    of images, so that the tolerance is per image). The rule is checked after every
-    evaluation on the device, which keeps the point where it first held; the run stops at
-    the end of that chunk.
+    ``max_steps`` counts evaluations of the objective; converged when the last
+    :data:`PLATEAU_WINDOW` evaluations lowered it by less than ``tolerance * scale`` nats
+    (``scale``: the number of images, so that the tolerance is per image). The rule is
+    checked after every evaluation on the device, which keeps the point where it first
+    held; the run stops at the end of that chunk of ``chunk`` evaluations.
 
     ``resume``: the final state of an earlier run (``Optimized.state``) on a changed
-    objective with the same parameters: the run starts at its point with its curvature
-    memory, re-evaluating the objective there first.
+    objective with the same parameters: the run starts at ``params`` (its end point, or
+    that point moved by the caller) with its curvature memory, re-evaluating the
+    objective there first, and converges once it has gained less than the tolerance
+    since then, after :data:`RESUMED_MIN_EVALS` evaluations or more.
     """
     hint = "Check the data (a NaN or infinite weight or count?)"
     start, run_chunk, params_at = _lbfgs_programs(loss, static, constraints, chunk, memory)
     if resume is None:
         with lenient_promotion():
             state = start(params)
-    else:  # a zero step "accepts" the old point under the new objective
+    else:  # a zero step "accepts" the given point under the new objective
         dtype = resume.value.dtype
+        with lenient_promotion():
+            x = start(params).x
         state = resume._replace(
+            x=x,
             value=np.asarray(np.inf, dtype),
             step=np.zeros((), dtype),
-            recent=np.full(resume.recent.shape, np.inf, dtype),
+            recent=np.full(resume.recent.shape, np.nan, dtype),
             evals=np.zeros((), np.int32),
             done=np.zeros((), bool),
         )
