@@ -351,9 +351,11 @@ def _svi(config: ModelConfig, optimizer) -> SVI:
 
 def _optimise(
     key, prep: Prepared, config: ModelConfig, init: Prior, devices, settings: dict
-) -> tuple[Optimized, Any]:
+) -> tuple[Optimized, tuple | None]:
     """Fit the prior and the variational posterior of the globals: on every image, or on
-    a random subsample of ``prior_images`` images plus every calibration image.
+    a random subsample of ``prior_images`` images plus every calibration image. Returns
+    the result and delta's exact posterior given the fitted prior when the optimisation
+    computed it (see :func:`_lbfgs_fit`), else ``None``.
 
     The optimisation runs on one device of this process: its size is bounded by
     ``prior_images``, a full batch needs no communication there, and the result then does
@@ -388,12 +390,11 @@ def _optimise(
         exact, cal_rows = None, calibrated_rows(prep.data)
         if exact_draws_apply(config) and cal_rows.size:  # delta's guide follows these rows
             exact = pad(restrict(prep.data, cal_rows))
-        out = _lbfgs_fit(data, config, init, settings["progress"], common, start, exact)
-    else:
-        data = jax.device_put(pad(data), device)
-        svi = _svi(config, optimizer)
-        out = run_svi(svi, k_opt, (data,), {"init": init}, progress=settings["progress"], **common)
-    return out, data
+        return _lbfgs_fit(data, config, init, settings["progress"], common, start, exact)
+    data = jax.device_put(pad(data), device)
+    svi = _svi(config, optimizer)
+    out = run_svi(svi, k_opt, (data,), {"init": init}, progress=settings["progress"], **common)
+    return out, None
 
 
 MAX_CUT_ROUNDS = 8
@@ -454,20 +455,24 @@ def _settled(params: dict) -> float:
     return float(max(1e-3, ROUND_MOVE_SD * min(scales, default=0.0)))
 
 
-def exact_globals(calibration: SPAData, params: dict, config: ModelConfig) -> dict:
-    """Delta's guide matched to delta's exact posterior given the prior of ``params`` and
-    the calibration rows ``calibration`` (padded; see :func:`exact_draws_apply`): the
-    mean and sd of ``logit(delta / 1*)`` on the grid of
-    :func:`cleverjax.bayes.exact.grid_posterior`."""
-    star = float(config.one_star)
-    grid, log_post = grid_posterior(
+def cut_grid(calibration: SPAData, prior: Prior, config: ModelConfig) -> tuple:
+    """``(grid, log_post)``: delta's exact posterior given ``prior`` and the calibration
+    rows ``calibration`` (padded; see :func:`exact_draws_apply` and
+    :func:`cleverjax.bayes.exact.grid_posterior`)."""
+    return grid_posterior(
         calibration,
-        prior_from_params(params, config),
-        star,
+        prior,
+        float(config.one_star),
         config.delta_prior,
         num_terms=config.num_terms,
         num_points=EXACT_GRID_POINTS,
     )
+
+
+def exact_globals(grid, log_post, params: dict, config: ModelConfig) -> dict:
+    """Delta's guide matched to delta's exact posterior ``(grid, log_post)`` (see
+    :func:`cut_grid`): the mean and sd of ``logit(delta / 1*)`` there."""
+    star = float(config.one_star)
     w = np.exp(log_post - log_post.max(), dtype=np.float64)
     w /= w.sum()
     frac = np.clip(np.asarray(grid, np.float64) / star, 1e-12, 1 - 1e-12)
@@ -489,7 +494,7 @@ def _lbfgs_fit(
     common: dict,
     start: float | None,
     exact: SPAData | None = None,
-) -> Optimized:
+) -> tuple[Optimized, tuple | None]:
     """L-BFGS on :func:`negative_elbo`. With the cut, in rounds: the images that are not
     calibration data see the globals frozen at the previous round's, until the globals
     stop moving (a fixed point, where the loss and its gradient are the cut's). Each round
@@ -500,12 +505,13 @@ def _lbfgs_fit(
     that posterior's moments (:func:`exact_globals`) instead of the optimiser's values:
     delta's direction of the loss is so flat that the optimiser's tolerance on the whole
     loss leaves its location uncertain by a fair part of its sd, and the rounds would
-    wander by that much."""
+    wander by that much. The last round's posterior (given the fitted prior) is returned
+    with the result, for the draws of delta; ``None`` without ``exact``."""
     params = initial_params(config, init)
     if start is not None:
         loc = params["delta_fraction_loc"]
         params["delta_fraction_loc"] = np.full(loc.shape, start, loc.dtype)
-    losses, steps, seconds, state = [], 0, 0.0, None
+    losses, steps, seconds, state, grid = [], 0, 0.0, None, None
     where = jax.tree.leaves(data)[0].sharding
     cut = config.delta_from == "calibration"
     loose = cut and EARLY_ROUND_LOOSENESS > 1
@@ -526,7 +532,8 @@ def _lbfgs_fit(
         steps, seconds = steps + len(out.losses), seconds + out.step_seconds * len(out.losses)
         params, state = dict(out.params), out.state
         if exact is not None:
-            params.update(exact_globals(exact, params, config))
+            grid = cut_grid(exact, prior_from_params(params, config), config)
+            params.update(exact_globals(*grid, params, config))
         moved = max(
             np.max(np.abs(np.asarray(params[k]) - np.asarray(v))) for k, v in frozen.items()
         )
@@ -543,9 +550,10 @@ def _lbfgs_fit(
                 stacklevel=4,
             )
             out = out._replace(converged=False)
-    return out._replace(
+    out = out._replace(
         params=params, losses=np.concatenate(losses), step_seconds=seconds / max(steps, 1)
     )
+    return out, grid
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
@@ -581,18 +589,13 @@ def exact_draws_apply(config: ModelConfig) -> bool:
     )
 
 
-def _exact_draws(key, prep: Prepared, prior: Prior, config: ModelConfig, num: int):
+def _exact_draws(key, prep: Prepared, prior: Prior, config: ModelConfig, num: int, grid=None):
     """``num`` draws of delta from its exact posterior given ``prior`` and the calibration
-    rows (grid quadrature, see :func:`cleverjax.bayes.exact.grid_posterior`), with 1*."""
-    data = prep.data
-    grid, log_post = grid_posterior(
-        pad(restrict(data, calibrated_rows(data))),
-        prior,
-        config.one_star,
-        config.delta_prior,
-        num_terms=config.num_terms,
-        num_points=EXACT_GRID_POINTS,
-    )
+    rows (grid quadrature, see :func:`cut_grid`; ``grid``: that posterior, when the
+    optimisation computed it for the same prior), with 1*."""
+    if grid is None:
+        grid = cut_grid(pad(restrict(prep.data, calibrated_rows(prep.data))), prior, config)
+    grid, log_post = grid
     dtype = jnp.result_type(float)
     deltas = jnp.asarray(draws_from_grid(key, grid, log_post, num), dtype)
     return deltas, jnp.full((num,), config.one_star, dtype)
@@ -942,7 +945,7 @@ def fit(
     prepare_s = clock[0] - start
 
     # 1. The prior and the variational posterior of the globals.
-    opt, _ = _optimise(k_opt, prep, config, init, devs, settings)
+    opt, grid = _optimise(k_opt, prep, config, init, devs, settings)
     prior = jax.block_until_ready(prior_from_params(opt.params, config))
     optimise_s = lap()
 
@@ -954,7 +957,7 @@ def fit(
         all_deltas, all_stars = _nuts_draws(k_mcmc, prep, opt.params, config, init, settings)
         delta_draws = "nuts"
     elif exact_delta and exact_draws_apply(config):
-        all_deltas, all_stars = _exact_draws(k_draw, prep, prior, config, 4000)
+        all_deltas, all_stars = _exact_draws(k_draw, prep, prior, config, 4000, grid)
         delta_draws = "exact"
     else:
         delta_draws = "variational"
