@@ -47,7 +47,7 @@ from .data import (
     split_levels,
     subsample,
 )
-from .exact import draws_from_grid, grid_posterior
+from .exact import _grid_weights, draws_from_grid, grid_posterior
 from .likelihood import DifficultyDelta, Prior, count_bound, uniform_components
 from .model import (
     DEFAULT_DELTA_PRIOR,
@@ -387,9 +387,7 @@ def _optimise(
             count_bounds=tuple(count_bound(d) for d in ((data,) if len(levels) == 1 else data))
         )
         data = jax.device_put(data, device)
-        exact, cal_rows = None, calibrated_rows(prep.data)
-        if exact_draws_apply(config) and cal_rows.size:  # delta's guide follows these rows
-            exact = pad(restrict(prep.data, cal_rows))
+        exact = _calibration_data(prep) if exact_draws_apply(config) else None
         return _lbfgs_fit(data, config, init, settings["progress"], common, start, exact)
     data = jax.device_put(pad(data), device)
     svi = _svi(config, optimizer)
@@ -455,6 +453,12 @@ def _settled(params: dict) -> float:
     return float(max(1e-3, ROUND_MOVE_SD * min(scales, default=0.0)))
 
 
+def _calibration_data(prep: Prepared) -> SPAData | None:
+    """The rows that inform delta under the cut, padded; ``None`` when there are none."""
+    rows = calibrated_rows(prep.data)
+    return pad(restrict(prep.data, rows)) if rows.size else None
+
+
 def cut_grid(calibration: SPAData, prior: Prior, config: ModelConfig) -> tuple:
     """``(grid, log_post)``: delta's exact posterior given ``prior`` and the calibration
     rows ``calibration`` (padded; see :func:`exact_draws_apply` and
@@ -473,8 +477,7 @@ def exact_globals(grid, log_post, params: dict, config: ModelConfig) -> dict:
     """Delta's guide matched to delta's exact posterior ``(grid, log_post)`` (see
     :func:`cut_grid`): the mean and sd of ``logit(delta / 1*)`` there."""
     star = float(config.one_star)
-    w = np.exp(log_post - log_post.max(), dtype=np.float64)
-    w /= w.sum()
+    w = _grid_weights(np.asarray(log_post, np.float64))
     frac = np.clip(np.asarray(grid, np.float64) / star, 1e-12, 1 - 1e-12)
     x = np.log(frac) - np.log1p(-frac)
     mean = float(np.sum(w * x))
@@ -594,7 +597,7 @@ def _exact_draws(key, prep: Prepared, prior: Prior, config: ModelConfig, num: in
     rows (grid quadrature, see :func:`cut_grid`; ``grid``: that posterior, when the
     optimisation computed it for the same prior), with 1*."""
     if grid is None:
-        grid = cut_grid(pad(restrict(prep.data, calibrated_rows(prep.data))), prior, config)
+        grid = cut_grid(_calibration_data(prep), prior, config)
     grid, log_post = grid
     dtype = jnp.result_type(float)
     deltas = jnp.asarray(draws_from_grid(key, grid, log_post, num), dtype)
