@@ -128,6 +128,77 @@ def test_mixed_rejection_is_the_mixture_of_the_two_kernels():
     assert abs(float(likelihood.log_likelihood(data, swapped, log_w)[0]) - got) > 0.01
 
 
+def _spiked_rows(seed=0):
+    """Rows whose unbiased votes include none and all on the proposal (both spikes live),
+    and a prior with one Dirichlet and both spikes per kernel, mixed at a share of 0.3."""
+    rng = np.random.default_rng(seed)
+    rho = rng.integers(0, 3, size=30)
+    p = rng.dirichlet([0.5, 0.5, 0.5], size=30)
+    counts = np.stack([rng.multinomial(6, q) for q in p])
+    unbiased = np.stack([rng.multinomial(4, q) for q in p])
+    unbiased[:5] = 0
+    unbiased[:5, (rho[:5] + 1) % 3] = 4  # no vote on the proposal
+    unbiased[5:10] = 0
+    unbiased[5:10, rho[5:10]] = 4  # every vote on the proposal
+    data = bdata.prepare(counts, rho, unbiased, None).data
+    mean = jnp.asarray(rng.dirichlet([2.0, 2.0, 2.0], size=(4, 3)), jnp.float32)
+    conc = jnp.asarray(rng.uniform(1.0, 8.0, size=(4, 3)), jnp.float32)
+    weights = jnp.asarray(rng.dirichlet([1.0, 1.0, 1.0], size=4), jnp.float32)
+    log_w = likelihood.table_log_weights(data.table, jnp.asarray(0.3), jnp.asarray(0.99), 11)
+
+    def prior(uniform: bool):
+        return cj.Prior(mean, conc, weights, (0, 1, 2), (uniform,) * 3)
+
+    both = cj.Prior(
+        jnp.concatenate([mean, mean], axis=1),
+        jnp.concatenate([conc, conc], axis=1),
+        jnp.concatenate([0.3 * weights, 0.7 * weights], axis=1),
+        (0, 1, 2, 0, 1, 2),
+        (False,) * 3 + (True,) * 3,
+    )
+    return data, prior, both, log_w
+
+
+def test_mixed_kernel_with_spikes_is_the_mixture_of_the_two_kernels():
+    """The t part follows the prior's component order, which a mixed kernel interleaves
+    (Dirichlet, spikes, Dirichlet, spikes)."""
+    data, prior, both, log_w = _spiked_rows()
+    spa = likelihood.log_likelihood(data, prior(False), log_w)
+    uni = likelihood.log_likelihood(data, prior(True), log_w)
+    want = np.logaddexp(np.log(0.3) + np.asarray(spa), np.log(0.7) + np.asarray(uni))
+    np.testing.assert_allclose(likelihood.log_likelihood(data, both, log_w), want, rtol=1e-5)
+    # The posterior mean is the two kernels' means weighted by their posterior shares.
+    share = 1 / (1 + np.exp(np.log(0.7 / 0.3) + np.asarray(uni) - np.asarray(spa)))[:, None]
+    mean = share * np.asarray(likelihood.posterior_moments(data, prior(False), log_w)) + (
+        1 - share
+    ) * np.asarray(likelihood.posterior_moments(data, prior(True), log_w))
+    np.testing.assert_allclose(likelihood.posterior_moments(data, both, log_w), mean, rtol=1e-4)
+    # Negative control: the kernels matter for these rows.
+    assert np.max(np.abs(np.asarray(spa) - np.asarray(uni))) > 0.1
+
+
+def test_likelihood_does_not_depend_on_the_order_of_components():
+    data, _, both, log_w = _spiked_rows(1)
+    order = np.array([3, 0, 4, 1, 5, 2])
+    permuted = cj.Prior(
+        both.mean[:, order],
+        both.concentration[:, order],
+        both.weights[:, order],
+        tuple(both.kind[i] for i in order),
+        tuple(both.uniform_rejection[i] for i in order),
+    )
+    want = likelihood.log_likelihood(data, both, log_w)
+    np.testing.assert_allclose(likelihood.log_likelihood(data, permuted, log_w), want, rtol=1e-5)
+    np.testing.assert_allclose(
+        likelihood.posterior_moments(data, permuted, log_w),
+        likelihood.posterior_moments(data, both, log_w),
+        rtol=1e-4,
+    )
+    # Negative control: permuting the kinds alone is another prior.
+    wrong = dataclasses.replace(permuted, kind=both.kind)
+    assert np.max(np.abs(likelihood.log_likelihood(data, wrong, log_w) - want)) > 0.1
+
+
 def test_calibration_predictive_density_is_exact():
     from cleverjax.bayes import compare
 

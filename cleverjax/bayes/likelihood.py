@@ -705,18 +705,21 @@ def t_part_given(table: EntryTable, prior: Prior, basis: TBasis, log_w: Array) -
     # Spikes: t = 0 keeps only the s = 0 term (and needs no unbiased vote for rho);
     # t = 1 keeps only the last term, s = degree (and needs every unbiased vote on rho).
     # Their integrals are that one term: only the Dirichlet components need the sum.
-    spikes, spike_t = [], []
-    for kind in kinds[kinds > 0]:
+    log_t_d = _masked_logsumexp(log_mix_d, jnp.isfinite(log_mix_d))
+    mix, log_t, d = [], [], 0
+    for kind in kinds:  # in the prior's order (a mixed kernel interleaves the kinds)
+        if kind == 0:
+            mix.append(log_mix_d[:, d : d + 1])
+            log_t.append(log_t_d[:, d : d + 1])
+            d += 1
+            continue
         at = jnp.zeros_like(table.n) if kind == 1 else entry_degree(table, prior)
         ok = (table.u == 0) if kind == 1 else (table.u == table.m)
         keep = (s == at.astype(dtype)[:, None, None]) & ok[:, None, None]
-        spikes.append(jnp.where(keep, log_w[:, None, :], -jnp.inf))
+        mix.append(jnp.where(keep, log_w[:, None, :], -jnp.inf))
         term = jnp.take_along_axis(log_w, at[:, None], axis=1)[:, 0]
-        spike_t.append(jnp.where(ok, term, -jnp.inf)[:, None])
-    log_mix = jnp.concatenate([log_mix_d, *spikes], axis=1)
-    log_t_d = _masked_logsumexp(log_mix_d, jnp.isfinite(log_mix_d))
-    log_t = jnp.concatenate([log_t_d, *spike_t], axis=1)
-    return TPart(log_t, log_mix, basis.a_t, basis.b_t)
+        log_t.append(jnp.where(ok, term, -jnp.inf)[:, None])
+    return TPart(jnp.concatenate(log_t, axis=1), jnp.concatenate(mix, axis=1), basis.a_t, basis.b_t)
 
 
 def t_part(table: EntryTable, prior: Prior, log_w: Array) -> TPart:
