@@ -1323,6 +1323,20 @@ def test_padded_pairs_follow_the_level_not_the_draw():
     assert shapes == {(bdata.bucket(21),)}
 
 
+def test_few_pairs_with_a_large_n_pad_to_the_limit_not_to_n():
+    """Twenty images with N = 1000 pad their pairs to PAIRS_PAD_LIMIT, not to 1001 (a
+    weight row of 1001 terms each per draw of delta); padding repeats real pairs."""
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.full(3, 0.5), size=20)
+    counts = np.stack([rng.multinomial(1000, q) for q in p])
+    data = bdata.prepare(counts, np.argmax(p, axis=1), None, None).data
+    padded = bdata.pad(data)
+    assert data.table.pair_c.shape[0] <= 20
+    assert padded.table.pair_c.shape == (bdata.PAIRS_PAD_LIMIT,)
+    real = set(zip(np.asarray(data.table.pair_c).tolist(), np.asarray(data.table.pair_n).tolist()))
+    assert set(zip(padded.table.pair_c.tolist(), padded.table.pair_n.tolist())) == real
+
+
 @pytest.mark.parametrize("rejection", ["proportional", "mixed"])
 def test_row_part_from_a_table_equals_row_by_row(rejection):
     """The tabulated Gamma ratios give the row part of every row exactly; a bound too

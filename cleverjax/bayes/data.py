@@ -452,6 +452,11 @@ ENTRIES_DOUBLING_BELOW = 512
 so larger tables keep the finer steps)."""
 
 
+PAIRS_PAD_LIMIT = 128
+"""(c, N) pairs pad to N + 1 (one shape for every data set with that N) up to this many;
+beyond it to the bucket of the pairs present."""
+
+
 def _pad_rows(x, size: int) -> np.ndarray:
     x = np.asarray(x)
     extra = size - x.shape[0]
@@ -468,10 +473,12 @@ def pad(data: SPAData, multiple: int = 1) -> SPAData:
     rows = bucket(data.num_rows, multiple, doubling_below=ROWS_DOUBLING_BELOW)
     table = data.table
     entries = bucket(table.num_entries, doubling_below=ENTRIES_DOUBLING_BELOW)
-    # A level has at most N + 1 pairs per N; padding to that bound (cheap: pairs cost a
-    # weight row each) keeps data sets with one N, whatever their counts, on one shape.
+    # A level has at most N + 1 pairs per N; padding to that bound keeps data sets with
+    # one N, whatever their counts, on one shape. Up to PAIRS_PAD_LIMIT only: each pair
+    # costs a weight row of N + 1 terms per draw of delta, so a few images with N = 1000
+    # would otherwise pay for a thousand rows.
     terms = int(np.max(np.asarray(table.pair_n), initial=0)) + 1
-    pairs = bucket(max(table.pair_c.shape[0], terms))
+    pairs = bucket(max(table.pair_c.shape[0], min(terms, PAIRS_PAD_LIMIT)))
     bases = bucket(table.basis_entry.shape[0], doubling_below=ENTRIES_DOUBLING_BELOW)
     table = EntryTable(
         *(_pad_rows(x, entries) for x in table[:8]),
