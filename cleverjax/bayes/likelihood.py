@@ -517,13 +517,15 @@ class TPart(NamedTuple):
 
     Attributes:
         log_t: ``(entries, comps)`` log of the integral.
-        log_mix: ``(entries, comps, terms)`` log posterior weight of each Beta term of t.
+        log_mix: ``(entries, dcomps, terms)`` log posterior weight of each Beta term of t,
+            for the Dirichlet components only (:func:`dirichlet_index`): a spike's t is
+            0 or 1 exactly, one term.
         a_t: ``(entries, comps)`` Beta prior of t.
         b_t: ``(entries, comps)``.
     """
 
     log_t: Float[Array, "entries comps"]
-    log_mix: Float[Array, "entries comps terms"]
+    log_mix: Float[Array, "entries dcomps terms"]
     a_t: Float[Array, "entries comps"]
     b_t: Float[Array, "entries comps"]
 
@@ -698,28 +700,23 @@ def t_basis(table: EntryTable, prior: Prior, num_terms: int) -> TBasis:
 
 def t_part_given(table: EntryTable, prior: Prior, basis: TBasis, log_w: Array) -> TPart:
     """:func:`t_part` from its delta-free half ``basis`` (:func:`t_basis`)."""
-    dtype = log_w.dtype
     kinds = np.asarray(prior.kind)
-    s = jnp.arange(log_w.shape[1], dtype=dtype)[None, None, :]
     log_mix_d = log_w[:, None, :] + basis.log_beta
     # Spikes: t = 0 keeps only the s = 0 term (and needs no unbiased vote for rho);
     # t = 1 keeps only the last term, s = degree (and needs every unbiased vote on rho).
     # Their integrals are that one term: only the Dirichlet components need the sum.
     log_t_d = _masked_logsumexp(log_mix_d, jnp.isfinite(log_mix_d))
-    mix, log_t, d = [], [], 0
+    log_t, d = [], 0
     for kind in kinds:  # in the prior's order (a mixed kernel interleaves the kinds)
         if kind == 0:
-            mix.append(log_mix_d[:, d : d + 1])
             log_t.append(log_t_d[:, d : d + 1])
             d += 1
             continue
         at = jnp.zeros_like(table.n) if kind == 1 else entry_degree(table, prior)
         ok = (table.u == 0) if kind == 1 else (table.u == table.m)
-        keep = (s == at.astype(dtype)[:, None, None]) & ok[:, None, None]
-        mix.append(jnp.where(keep, log_w[:, None, :], -jnp.inf))
         term = jnp.take_along_axis(log_w, at[:, None], axis=1)[:, 0]
         log_t.append(jnp.where(ok, term, -jnp.inf)[:, None])
-    return TPart(jnp.concatenate(log_t, axis=1), jnp.concatenate(mix, axis=1), basis.a_t, basis.b_t)
+    return TPart(jnp.concatenate(log_t, axis=1), log_mix_d, basis.a_t, basis.b_t)
 
 
 def t_part(table: EntryTable, prior: Prior, log_w: Array) -> TPart:
@@ -746,21 +743,32 @@ def _term_weights(log_mix: Array) -> Array:
     return jnp.where(ok, w / jnp.where(ok, jnp.sum(w, axis=-1, keepdims=True), 1.0), 0.0)
 
 
+def dirichlet_index(prior: Prior) -> tuple[np.ndarray, np.ndarray]:
+    """``(dirichlet, index)``: the Dirichlet components' positions among all components,
+    and each component's position among the Dirichlet ones (0 for a spike)."""
+    kinds = np.asarray(prior.kind)
+    return np.flatnonzero(kinds == 0), np.maximum(np.cumsum(kinds == 0) - 1, 0)
+
+
 def entry_moments_t(table: EntryTable, prior: Prior, t: TPart, order: int = 2) -> tuple[Array, ...]:
     """Posterior raw moments ``E[t^k]``, k = 1..order, per entry and component (exact:
-    each Beta term's moments, weighted by the term's posterior weight)."""
+    each Beta term's moments, weighted by the term's posterior weight; a spike's t is 0
+    or 1)."""
     dtype = t.log_mix.dtype
-    mix = _term_weights(t.log_mix)  # (E, comps, terms)
+    dirichlet, index = dirichlet_index(prior)
+    mix = _term_weights(t.log_mix)  # (E, dcomps, terms)
     s = jnp.arange(t.log_mix.shape[-1], dtype=dtype)[None, None, :]
     degree = (entry_degree(table, prior) + table.m).astype(dtype)[:, None]
-    total = (t.a_t + t.b_t + degree)[..., None]
-    a = t.a_t[..., None] + table.u.astype(dtype)[:, None, None] + s
+    a_t, b_t = t.a_t[:, dirichlet], t.b_t[:, dirichlet]
+    total = (a_t + b_t + degree)[..., None]
+    a = a_t[..., None] + table.u.astype(dtype)[:, None, None] + s
     kind = jnp.asarray(prior.kind)[None, :]
     spike = jnp.where(kind == 1, 0.0, 1.0).astype(dtype)  # t = 0 or t = 1 exactly
     out, ratio = [], jnp.ones_like(a)
     for k in range(order):  # Beta raw moments: prod_{i<k} (a + i) / (a + b + i)
         ratio = ratio * (a + k) / (total + k)
-        out.append(jnp.where(kind == 0, jnp.sum(mix * ratio, axis=-1), spike))
+        moment = jnp.sum(mix * ratio, axis=-1)[:, index]  # (E, comps)
+        out.append(jnp.where(kind == 0, moment, spike))
     return tuple(out)
 
 

@@ -28,6 +28,7 @@ from .likelihood import (
     TPart,
     _is_rho,
     _term_weights,
+    dirichlet_index,
     entry_degree,
     entry_moments_t,
     log_marginal,
@@ -115,19 +116,23 @@ def _gamma_shapes(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num
     num_classes = data.counts.shape[1]
     z = categorical(k_z, log_marginal(data, rows, t), shape=(num_draws,))  # a component
     entry = jnp.broadcast_to(data.entry[None, :], z.shape)
-    cdf = jnp.cumsum(_term_weights(t.log_mix), axis=-1)  # (entries, comps, terms)
-    num_comps, num_terms = cdf.shape[1:]
-    u = flat_draw(jax.random.uniform, k_s, z.shape, dtype) * cdf[entry, z, -1]
+    cdf = jnp.cumsum(_term_weights(t.log_mix), axis=-1)  # (entries, dcomps, terms)
+    num_dcomps, num_terms = cdf.shape[1:]
+    zd = jnp.asarray(dirichlet_index(prior)[1], entry.dtype)[z]  # among the Dirichlet ones
+    u = flat_draw(jax.random.uniform, k_s, z.shape, dtype) * cdf[entry, zd, -1]
     cdf_rows = cdf.reshape(-1, num_terms)
-    row = entry * num_comps + z.astype(entry.dtype)
-    s = jnp.minimum(_search(cdf_rows, row, u), num_terms - 1).astype(dtype)
+    s = jnp.minimum(_search(cdf_rows, entry * num_dcomps + zd, u), num_terms - 1)
     table = data.table
+    kind = jnp.asarray(prior.kind)[z]
+    # A spike's one term (its t is set to 0 or 1 below; its Beta pair stays valid).
+    spike_s = jnp.where(kind == 1, 0, entry_degree(table, prior)[entry])
+    s = jnp.where(kind == 0, s, spike_s).astype(dtype)
     a = t.a_t[entry, z] + table.u[entry].astype(dtype) + s
     b = t.b_t[entry, z] + (table.m + entry_degree(table, prior) - table.u)[entry].astype(dtype) - s
     is_rho = _is_rho(data.proposals, num_classes)[None]
     a_rest = rows.a_rest[jnp.arange(data.num_rows)[None, :], z]  # (draws, rows, K)
     shapes = jnp.concatenate([a[..., None], b[..., None], jnp.where(is_rho, 1.0, a_rest)], axis=-1)
-    return shapes, jnp.asarray(prior.kind)[z]
+    return shapes, kind
 
 
 def _p_from_gammas(log_g, kind, is_rho):
