@@ -242,6 +242,7 @@ def test_fit_equals_one_process(tmp_path):
     assert 0.1 < float(got["delta"]) < 0.5
 
 
+@pytest.mark.slow  # two processes running a study: the fixture's cases cover the runtime
 def test_study_equals_one_process(tmp_path):
     """`cleverjax study run` in two processes: process 0 alone writes the folder, and
     its table equals one process's (wall times apart)."""
