@@ -669,8 +669,7 @@ def t_basis(table: EntryTable, prior: Prior, num_terms: int) -> TBasis:
     makes nearly every c distinct, while the keys stay few, one per prior row and N
     outside calibration) and copied to the entries once, here."""
     dtype = prior.concentration.dtype
-    kinds = np.asarray(prior.kind)
-    dirichlet = np.flatnonzero(kinds == 0)
+    dirichlet = dirichlet_index(prior)[0]
     a_t, b_t = _beta_pair(table, prior)
     s = jnp.arange(num_terms, dtype=dtype)[None, None, :]
     degree = entry_degree(table, prior)
@@ -706,11 +705,11 @@ def t_part_given(table: EntryTable, prior: Prior, basis: TBasis, log_w: Array) -
     # t = 1 keeps only the last term, s = degree (and needs every unbiased vote on rho).
     # Their integrals are that one term: only the Dirichlet components need the sum.
     log_t_d = _masked_logsumexp(log_mix_d, jnp.isfinite(log_mix_d))
-    log_t, d = [], 0
-    for kind in kinds:  # in the prior's order (a mixed kernel interleaves the kinds)
+    log_t = []
+    # In the prior's order (a mixed kernel interleaves the kinds).
+    for kind, d in zip(kinds, dirichlet_index(prior)[1]):
         if kind == 0:
             log_t.append(log_t_d[:, d : d + 1])
-            d += 1
             continue
         at = jnp.zeros_like(table.n) if kind == 1 else entry_degree(table, prior)
         ok = (table.u == 0) if kind == 1 else (table.u == table.m)

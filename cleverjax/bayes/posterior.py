@@ -123,12 +123,12 @@ def _gamma_shapes(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num
     cdf_rows = cdf.reshape(-1, num_terms)
     s = jnp.minimum(_search(cdf_rows, entry * num_dcomps + zd, u), num_terms - 1)
     table = data.table
+    degree = entry_degree(table, prior)
     kind = jnp.asarray(prior.kind)[z]
     # A spike's one term (its t is set to 0 or 1 below; its Beta pair stays valid).
-    spike_s = jnp.where(kind == 1, 0, entry_degree(table, prior)[entry])
-    s = jnp.where(kind == 0, s, spike_s).astype(dtype)
+    s = jnp.where(kind == 0, s, jnp.where(kind == 1, 0, degree[entry])).astype(dtype)
     a = t.a_t[entry, z] + table.u[entry].astype(dtype) + s
-    b = t.b_t[entry, z] + (table.m + entry_degree(table, prior) - table.u)[entry].astype(dtype) - s
+    b = t.b_t[entry, z] + (table.m + degree - table.u)[entry].astype(dtype) - s
     is_rho = _is_rho(data.proposals, num_classes)[None]
     a_rest = rows.a_rest[jnp.arange(data.num_rows)[None, :], z]  # (draws, rows, K)
     shapes = jnp.concatenate([a[..., None], b[..., None], jnp.where(is_rho, 1.0, a_rest)], axis=-1)
