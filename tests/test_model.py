@@ -10,6 +10,7 @@ import sys
 import textwrap
 import warnings
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -1250,6 +1251,120 @@ def test_recurrence_gradient_matches_the_full_sums():
         tangent = tuple(jnp.float32(x) for x in direction)
         slope = jax.jvp(lambda d, w: integral(fast, d, w), at, tangent)[1]
         np.testing.assert_allclose(float(slope), g_full[i], rtol=1e-3)
+
+
+def test_recurrence_slopes_match_a_float64_reference():
+    """The recurrence's derivative rule (the weights of the pairs (c - 1, N - 1) and
+    (c, N - 1)) gives d log W_s / d delta and d log W_s / d 1* of every term that carries
+    mass, against central differences of the float64 double sum; the slopes of another
+    delta do not match (control)."""
+    n, h = 300, 1e-5
+    cs = [0, 1, 75, 150, 231, 299, 300]
+    for delta, one_star in ((0.3, 0.99), (0.5, 0.7), (0.45, 0.5)):
+        slopes = []
+        for tangent in ((1.0, 0.0), (0.0, 1.0)):
+            _, slope = jax.jvp(
+                lambda d, w: likelihood.log_weights_counts(
+                    jnp.asarray(cs, jnp.int32), jnp.full(len(cs), n, jnp.int32), d, w, n + 1
+                ),
+                (jnp.float32(delta), jnp.float32(one_star)),
+                tuple(jnp.float32(t) for t in tangent),
+            )
+            slopes.append(np.asarray(slope, np.float64))
+        for row, c in enumerate(cs):
+            want = _reference_log_weights(c, n, delta, one_star)
+            near = np.isfinite(want) & (want > np.nanmax(want) - 30)
+            for k, (dd, dw) in enumerate(((h, 0.0), (0.0, h))):
+                up = _reference_log_weights(c, n, delta + dd, one_star + dw)
+                down = _reference_log_weights(c, n, delta - dd, one_star - dw)
+                fd = (up - down)[near] / (2 * h)
+                # float32 ratios of O(N) terms: a relative error of a few 1e-6 times N.
+                tol = 1e-4 * n + 1e-3 * np.abs(fd)
+                assert np.all(np.abs(slopes[k][row][near] - fd) <= tol), (c, delta, one_star, k)
+        other = _reference_log_weights(150, n, delta + 0.02, one_star)
+        fd_other = (
+            _reference_log_weights(150, n, delta + 0.02 + h, one_star)
+            - _reference_log_weights(150, n, delta + 0.02 - h, one_star)
+        ) / (2 * h)
+        near = np.isfinite(other) & (other > np.nanmax(other) - 30)
+        assert np.max(np.abs(slopes[0][3][near] - fd_other[near])) > 1.0  # control
+
+
+def test_log_integral_gradient_is_the_logsumexp_gradient():
+    """``log_integral`` (the Dirichlet components' integrals over t, with its gradient
+    written out) equals the masked logsumexp differentiated automatically, value and both
+    gradients, with -inf terms and a row of only -inf terms (value -inf, gradient 0)."""
+    from cleverjax.bayes.likelihood import _masked_logsumexp, log_integral
+
+    rng = np.random.default_rng(0)
+    log_w = rng.normal(size=(5, 40)).astype(np.float32)
+    log_w[:, 30:] = -np.inf
+    log_w[4] = -np.inf
+    log_beta = rng.normal(size=(5, 3, 40)).astype(np.float32) * 5
+    log_beta[1, 2, :10] = -np.inf
+    g = rng.normal(size=(5, 3)).astype(np.float32)
+    log_w, log_beta = jnp.asarray(log_w), jnp.asarray(log_beta)
+
+    def reference(w, b):
+        x = w[:, None, :] + b
+        return _masked_logsumexp(x, jnp.isfinite(x))
+
+    for fn in (log_integral, reference):
+        assert np.all(np.isneginf(np.asarray(fn(log_w, log_beta))[4]))
+    want = jax.value_and_grad(
+        lambda w, b: jnp.sum(g * jnp.where(jnp.isfinite(reference(w, b)), reference(w, b), 0.0)),
+        argnums=(0, 1),
+    )  # noqa: E501
+    got = jax.value_and_grad(
+        lambda w, b: jnp.sum(
+            g * jnp.where(jnp.isfinite(log_integral(w, b)), log_integral(w, b), 0.0)
+        ),
+        argnums=(0, 1),
+    )  # noqa: E501
+    (v_want, g_want), (v_got, g_got) = want(log_w, log_beta), got(log_w, log_beta)
+    np.testing.assert_allclose(v_got, v_want, rtol=1e-6)
+    for a, b in zip(g_got, g_want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(g_got[0])[4] == 0) and np.all(np.asarray(g_got[1])[4] == 0)
+    # Control: a shifted term changes the gradient.
+    moved = got(log_w, log_beta + jnp.eye(40, dtype=jnp.float32)[None, None, 3])[1][1]
+    assert np.max(np.abs(np.asarray(moved) - np.asarray(g_want[1]))) > 1e-3
+
+
+def test_cut_integrals_recompute_only_the_calibration_entries():
+    """Under the cut, ``cut_log_t`` (every entry with frozen weights, the calibration
+    entries again with live ones) equals the integrals of the weights chosen per entry,
+    value and gradient in delta, 1* and the prior, with N = 100 (the recurrence); every
+    entry frozen gives no gradient in delta (control)."""
+    from cleverjax.bayes.likelihood import cut_log_t, live_log_weights, t_basis, t_part_given
+
+    _, rho, biased, unbiased = campaign(3, n=200, num_annotations=100, calibration=20)
+    table = bdata.prepare(biased, rho, unbiased, None).data.table
+    config = model.ModelConfig(num_classes=biased.shape[1], num_components=2, num_terms=101)
+    prior = fitting.initial_prior(bdata.prepare(biased, rho, unbiased, None), config)
+    live = jax.tree.map(jnp.asarray, bdata.live_pairs(table, config.num_classes))
+    cal = bdata.entry_calibrated(table, config.num_classes)[:, None]
+    frozen = likelihood.table_log_weights(table, jnp.float32(0.2), jnp.float32(0.95), 101)
+
+    def both(delta, star, conc, which):
+        p = eqx.tree_at(lambda q: q.concentration, prior, prior.concentration * conc)
+        basis = t_basis(table, p, 101)
+        if which == "cut":
+            log_t = cut_log_t(table, p, basis, frozen, live, delta, star, 101)
+        elif which == "where":
+            w = live_log_weights(live, table.rho, delta, star, 101)
+            log_t = t_part_given(table, p, basis, jnp.where(cal, w, frozen)).log_t
+        else:
+            log_t = t_part_given(table, p, basis, frozen).log_t
+        return jnp.sum(jnp.where(jnp.isfinite(log_t), log_t, 0.0))
+
+    at = (jnp.float32(0.3), jnp.float32(0.99), jnp.float32(1.1))
+    grad = jax.jit(jax.value_and_grad(both, argnums=(0, 1, 2)), static_argnums=3)
+    (v_cut, g_cut), (v_where, g_where) = grad(*at, "cut"), grad(*at, "where")
+    np.testing.assert_allclose(float(v_cut), float(v_where), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(g_cut), np.asarray(g_where), rtol=1e-4)
+    assert abs(float(g_cut[0])) > 1.0
+    assert float(grad(*at, "frozen")[1][0]) == 0.0  # control
 
 
 def test_moment_start_is_the_method_of_moments_delta():

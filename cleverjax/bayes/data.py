@@ -63,6 +63,11 @@ class EntryTable(NamedTuple):
     def num_entries(self) -> int:
         return self.group.shape[0]
 
+    def take(self, idx: Array) -> EntryTable:
+        """The entries ``idx`` (their pair and basis indices unchanged)."""
+        fields = ("group", "rho", "c", "n", "u", "m", "pair", "basis")
+        return self._replace(**{f: getattr(self, f)[idx] for f in fields})
+
 
 class SPAData(NamedTuple):
     """Images for the model, after merging identical rows (their ``weight`` counts them).
@@ -143,11 +148,15 @@ class LivePairs(NamedTuple):
         c: ``(pairs,)`` c of each pair (padded to a bucketed size of at least
             ``MIN_LIVE_PAIRS``; empty when no entry is calibration data).
         n: ``(pairs,)`` N of each pair.
+        entries: ``(live entries,)`` the calibration entries' indices, padded (to a
+            bucketed size of at least ``MIN_LIVE_PAIRS``) with the number of entries, an
+            index past the end.
     """
 
     entry_pair: Int[Array, " entries"]
     c: Int[Array, " pairs"]
     n: Int[Array, " pairs"]
+    entries: Int[Array, " live"]
 
 
 def live_pairs(table: EntryTable, num_classes: int) -> LivePairs:
@@ -169,7 +178,10 @@ def entry_pairs(table: EntryTable, cal: np.ndarray | None = None) -> LivePairs:
     entry_pair[cal] = inverse.reshape(-1)
     size = bucket(max(len(used), MIN_LIVE_PAIRS)) if len(used) else 0
     c, n_ = (_pad_rows(x[used], size) if size else x[:0] for x in (pair_c, pair_n))
-    return LivePairs(entry_pair, c.astype(np.int32), n_.astype(np.int32))
+    live = np.flatnonzero(cal)
+    entries = np.full(bucket(max(len(live), MIN_LIVE_PAIRS)) if len(live) else 0, len(cal))
+    entries[: len(live)] = live
+    return LivePairs(entry_pair, c.astype(np.int32), n_.astype(np.int32), _i32(entries))
 
 
 MIN_LIVE_PAIRS = 32

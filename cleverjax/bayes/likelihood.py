@@ -203,28 +203,53 @@ def _log_sum(a: Array, b: Array, a_lo: Array | float = 0.0, b_lo: Array | float 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
 def _log_weights_recurrence(c_rho, n, delta, one_star, num_terms: int):
-    """:func:`_recurrence_values`, differentiated in forward mode: two scalars in, a
-    ``(pairs, terms)`` table out, so carrying both tangents through its scans costs about
-    one more pass, where reverse mode would run each scan backwards over every term (at
-    N = 1000 seven times the forward pass). Reverse-mode callers get the transpose of
-    this linear map, a contraction with the two tangent tables."""
+    """:func:`_recurrence_values`, with its derivatives from the weights of neighbouring
+    pairs (see :func:`_recurrence_jvp`): one batched run of the recurrence for the values
+    and both slopes, where automatic differentiation would carry two tangents through
+    every step of its scans (forward mode) or run them backwards over every term
+    (reverse mode, at N = 1000 seven times the forward pass). Reverse-mode callers get
+    the transpose of the linear map, a contraction with the two slope tables."""
     return _recurrence_values(c_rho, n, delta, one_star, num_terms)
 
 
 @_log_weights_recurrence.defjvp
-def _log_weights_recurrence_jvp(num_terms, primals, tangents):
+def _recurrence_jvp(num_terms, primals, tangents):
+    """Exact slopes of ``log W_s(c, r)`` (``r = N - c``) from the weights of the pairs
+    ``(c - 1, r)`` and ``(c, r - 1)``: differentiating the double sum term by term,
+
+        d W_s(c, r) / d delta = c W_s(c - 1, r) - r W_s(c, r - 1),
+        d W_s(c, r) / d 1*    = c W_{s-1}(c - 1, r) - r W_{s-1}(c, r - 1),
+
+    (``(c - i) C(c, i) = c C(c - 1, i)`` and ``i C(c, i) = c C(c - 1, i - 1)``, the same for
+    ``r``). The three pairs run through the recurrence in one batch; the neighbours go
+    through this same function, so higher derivatives follow the same rule."""
     c_rho, n, delta, one_star = primals
     d_delta, d_star = tangents[2:]  # the counts are integers: no tangent
     delta, one_star = jnp.broadcast_arrays(delta, one_star)
-    unit = jnp.ones_like(delta)
-    values, slopes = jax.vmap(
-        lambda v: jax.jvp(
-            lambda d, w: _recurrence_values(c_rho, n, d, w, num_terms),
-            (delta, one_star),
-            (unit * v[0], unit * v[1]),
-        )
-    )(jnp.eye(2, dtype=delta.dtype))
-    return values[0], slopes[0] * d_delta + slopes[1] * d_star
+    pairs = c_rho.shape[0]
+    has_c, has_r = c_rho > 0, n > c_rho
+    every = _log_weights_recurrence(
+        jnp.concatenate([c_rho, jnp.maximum(c_rho - 1, 0), c_rho]),
+        jnp.concatenate([n, jnp.maximum(n - 1, 0), jnp.where(has_r, n - 1, n)]),
+        delta,
+        one_star,
+        num_terms,
+    )
+    log_w, fewer_c, fewer_r = every[:pairs], every[pairs : 2 * pairs], every[2 * pairs :]
+    dtype = log_w.dtype
+    ok = jnp.isfinite(log_w)
+    base = jnp.where(ok, log_w, 0.0)
+
+    def ratio(count, has, other, shift: bool):
+        # count * W'_{s or s-1} / W_s, 0 where the neighbour does not exist.
+        if shift:
+            other = jnp.concatenate([jnp.full((pairs, 1), -jnp.inf, dtype), other[:, :-1]], 1)
+        value = count.astype(dtype)[:, None] * jnp.exp(jnp.where(ok, other, -jnp.inf) - base)
+        return jnp.where(has[:, None] & ok, value, 0.0)
+
+    by_delta = ratio(c_rho, has_c, fewer_c, False) - ratio(n - c_rho, has_r, fewer_r, False)
+    by_star = ratio(c_rho, has_c, fewer_c, True) - ratio(n - c_rho, has_r, fewer_r, True)
+    return log_w, by_delta * d_delta + by_star * d_star
 
 
 def _recurrence_values(c_rho, n, delta, one_star, num_terms: int):
@@ -697,6 +722,35 @@ def t_basis(table: EntryTable, prior: Prior, num_terms: int) -> TBasis:
     return TBasis(log_beta[table.basis], a_t, b_t)
 
 
+@jax.custom_vjp
+def log_integral(log_w: Array, log_beta: Array) -> Float[Array, "entries dcomps"]:
+    """``log sum_s exp(log_w[e, s] + log_beta[e, d, s])`` for every entry ``e`` and
+    component ``d`` (``-inf`` terms are left out; ``-inf`` when all are), with its
+    gradient written out: the terms' weights ``exp(term - result)`` times the cotangent,
+    recomputed in one pass. Differentiated automatically, the masks and the logsumexp's
+    own steps cost half as much again (at N = 1000 this sum is most of an evaluation)."""
+    x = log_w[:, None, :] + log_beta
+    top = jnp.max(x, axis=-1, keepdims=True)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    return jnp.log(jnp.sum(jnp.exp(x - top), axis=-1)) + top[..., 0]
+
+
+def _log_integral_fwd(log_w, log_beta):
+    out = log_integral(log_w, log_beta)
+    return out, (log_w, log_beta, out)
+
+
+def _log_integral_bwd(res, g):
+    log_w, log_beta, out = res
+    ok = jnp.isfinite(out)
+    weight = jnp.exp(log_w[:, None, :] + log_beta - jnp.where(ok, out, 0.0)[..., None])
+    weight = weight * jnp.where(ok, g, 0.0)[..., None]
+    return jnp.sum(weight, axis=1), weight
+
+
+log_integral.defvjp(_log_integral_fwd, _log_integral_bwd)
+
+
 def t_part_given(table: EntryTable, prior: Prior, basis: TBasis, log_w: Array) -> TPart:
     """:func:`t_part` from its delta-free half ``basis`` (:func:`t_basis`)."""
     kinds = np.asarray(prior.kind)
@@ -704,7 +758,7 @@ def t_part_given(table: EntryTable, prior: Prior, basis: TBasis, log_w: Array) -
     # Spikes: t = 0 keeps only the s = 0 term (and needs no unbiased vote for rho);
     # t = 1 keeps only the last term, s = degree (and needs every unbiased vote on rho).
     # Their integrals are that one term: only the Dirichlet components need the sum.
-    log_t_d = _masked_logsumexp(log_mix_d, jnp.isfinite(log_mix_d))
+    log_t_d = log_integral(log_w, basis.log_beta)
     log_t = []
     # In the prior's order (a mixed kernel interleaves the kinds).
     for kind, d in zip(kinds, dirichlet_index(prior)[1]):
@@ -716,6 +770,29 @@ def t_part_given(table: EntryTable, prior: Prior, basis: TBasis, log_w: Array) -
         term = jnp.take_along_axis(log_w, at[:, None], axis=1)[:, 0]
         log_t.append(jnp.where(ok, term, -jnp.inf)[:, None])
     return TPart(jnp.concatenate(log_t, axis=1), log_mix_d, basis.a_t, basis.b_t)
+
+
+def cut_log_t(
+    table: EntryTable,
+    prior: Prior,
+    basis: TBasis,
+    frozen_w: Array,
+    live: LivePairs,
+    delta: Array | DifficultyDelta,
+    one_star: Array,
+    num_terms: int,
+) -> Float[Array, "entries comps"]:
+    """``t_part_given(...).log_t`` under the cut: every entry with its frozen weights
+    ``frozen_w``, then the calibration entries (``live.entries``) again with weights that
+    follow ``delta`` and ``1*``. Only the second, small part carries gradients to the
+    weights, so the backward pass over every entry's terms has none to form."""
+    log_t = t_part_given(table, prior, basis, jax.lax.stop_gradient(frozen_w)).log_t
+    idx = jnp.minimum(live.entries, table.num_entries - 1)
+    sub = table.take(idx)
+    log_w = pair_log_weights(live.c, live.n, delta, one_star, num_terms)
+    log_w = pick_weights(log_w, sub.rho, live.entry_pair[idx])
+    part = TBasis(basis.log_beta[idx], basis.a_t[idx], basis.b_t[idx])
+    return log_t.at[live.entries].set(t_part_given(sub, prior, part, log_w).log_t, mode="drop")
 
 
 def t_part(table: EntryTable, prior: Prior, log_w: Array) -> TPart:

@@ -25,10 +25,9 @@ from .likelihood import (
     AnnotatorData,
     DifficultyDelta,
     Prior,
+    cut_log_t,
     entry_log_weights,
-    live_log_weights,
     log_likelihood,
-    log_marginal,
     log_weights_annotators,
     row_part,
     t_basis,
@@ -509,7 +508,6 @@ def negative_elbo(params: dict, data, frozen, config: ModelConfig) -> Array:
     rows = [row_part(d, prior, b) for d, b in zip(levels, bounds)]
     bases = [t_basis(d.table, prior, n) for d, n in zip(levels, terms)]
     cut = config.delta_from == "calibration"
-    calibrated = [entry_calibrated(d.table, config.num_classes)[:, None] for d in levels]
     if not cut:
         node_w = tuple(jnp.zeros((z.shape[0],), dtype) for _ in levels)  # placeholders
         live = (None,) * len(levels)
@@ -522,15 +520,17 @@ def negative_elbo(params: dict, data, frozen, config: ModelConfig) -> Array:
         log_joint = _delta_log_prior(params, values, zi[0], config) - log_q
         if "one_star" in values:
             log_joint = log_joint + dist.Beta(*config.one_star_prior).log_prob(star)
-        for d, n, r, b, cal, f, lv in zip(levels, terms, rows, bases, calibrated, frozen_w, live):
+        for d, n, r, b, f, lv in zip(levels, terms, rows, bases, frozen_w, live):
             if not cut:
                 log_w = table_log_weights(d.table, delta, star, n)
+                log_t = t_part_given(d.table, prior, b, log_w).log_t
             elif lv.c.shape[0] == 0:  # no calibration entry: all weights frozen
-                log_w = f
+                log_t = t_part_given(d.table, prior, b, f).log_t
             else:
-                log_w = jnp.where(cal, live_log_weights(lv, d.table.rho, delta, star, n), f)
-            t = t_part_given(d.table, prior, b, log_w)
-            log_joint = log_joint + jnp.sum(d.weight * logsumexp(log_marginal(d, r, t), axis=-1))
+                log_t = cut_log_t(d.table, prior, b, f, lv, delta, star, n)
+            log_joint = log_joint + jnp.sum(
+                d.weight * logsumexp(log_t[d.entry] + r.log_rest, axis=-1)
+            )
         return log_joint
 
     if max(terms) <= 64:
