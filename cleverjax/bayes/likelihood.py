@@ -728,7 +728,8 @@ def log_integral(log_w: Array, log_beta: Array) -> Float[Array, "entries dcomps"
     component ``d`` (``-inf`` terms are left out; ``-inf`` when all are), with its
     gradient written out: the terms' weights ``exp(term - result)`` times the cotangent,
     recomputed in one pass. Differentiated automatically, the masks and the logsumexp's
-    own steps cost half as much again (at N = 1000 this sum is most of an evaluation)."""
+    own steps cost half as much again (at N = 1000 this sum is most of an evaluation).
+    Reverse mode only (``jax.grad``; the fits and NUTS need nothing else)."""
     x = log_w[:, None, :] + log_beta
     top = jnp.max(x, axis=-1, keepdims=True)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
