@@ -64,9 +64,9 @@ class EntryTable(NamedTuple):
         return self.group.shape[0]
 
     def take(self, idx: Array) -> EntryTable:
-        """The entries ``idx`` (their pair and basis indices unchanged)."""
-        fields = ("group", "rho", "c", "n", "u", "m", "pair", "basis")
-        return self._replace(**{f: getattr(self, f)[idx] for f in fields})
+        """The entries ``idx`` (the first eight fields, one value per entry, as :func:`pad`
+        treats them; pair and basis tables unchanged)."""
+        return EntryTable(*(x[idx] for x in self[:8]), *self[8:])
 
 
 class SPAData(NamedTuple):
