@@ -142,6 +142,44 @@ def _erfinv(y):
     return np.asarray(erfinv(np.asarray(y, np.float32)), np.float64)
 
 
+def oracle_power(rng, p_source, *, num_cal, num, alpha, trials=20_000) -> dict:
+    """Power of the most powerful test of SPA against ``difficulty_delta`` that any
+    check could have: an oracle that knows every calibration image's ``p[rho]`` and
+    tests the simple null "SPA with the delta closest to the alternative" (the delta
+    that maximises the expected log likelihood of the alternative's acceptance counts)
+    against the alternative itself, by the likelihood ratio (Neyman-Pearson). A real
+    check, which estimates ``p[rho]`` from ten unbiased annotations and ``delta`` from the
+    data, has less; an oracle below the target means no check reaches it."""
+
+    def t_draws(n):
+        if isinstance(p_source, float):
+            p = rng.dirichlet(np.full(10, p_source), size=n)
+        else:
+            p = p_source[rng.integers(0, len(p_source), n)]
+        return p.max(axis=1)
+
+    def accept(delta, t):
+        return delta + (ONE_STAR - delta) * t
+
+    def alternative(t):
+        return accept(0.1 + 0.5 * (1 - t), t)
+
+    t = t_draws(20_000)
+    grid = np.linspace(0.01, 0.9, 891)
+    a1 = alternative(t)
+    a = accept(grid[:, None], t[None, :])
+    expected = np.mean(a1 * np.log(a) + (1 - a1) * np.log1p(-a), axis=1)
+    d0 = float(grid[int(np.argmax(expected))])
+    t = t_draws(trials * num_cal).reshape(trials, num_cal)
+    a0, a1 = accept(d0, t), alternative(t)
+
+    def llr(c):
+        return np.sum(c * np.log(a1 / a0) + (num - c) * np.log((1 - a1) / (1 - a0)), axis=1)
+
+    null, alt = llr(rng.binomial(num, a0)), llr(rng.binomial(num, a1))
+    return {"closest_null_delta": d0, "power": float(np.mean(alt > np.quantile(null, 1 - alpha)))}
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson 95 % interval of a binomial rate."""
     if n == 0:
@@ -161,6 +199,9 @@ def main() -> None:
     parser.add_argument("--num-cal", type=int, default=100, help="calibration images")
     parser.add_argument("--with-fit", action="store_true", help="fit each data set (check 3)")
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run")
+    parser.add_argument(
+        "--oracle", action="store_true", help="also the most powerful test's power (bound)"
+    )
     args = parser.parse_args()
     sizes = dict(num_images=10_000, num_cal=args.num_cal, num_unbiased=10, num=10)
     if args.tiny:
@@ -179,6 +220,13 @@ def main() -> None:
         resamples=args.resamples, alpha=args.alpha, with_fit=args.with_fit,
         truths=[name for name, _ in truths],
     )  # fmt: skip
+    if args.oracle:
+        for truth, source in truths:
+            bound = oracle_power(
+                np.random.default_rng(0), source, num_cal=sizes["num_cal"], num=sizes["num"],
+                alpha=args.alpha, trials=2000 if args.tiny else 20_000,
+            )  # fmt: skip
+            emit(case=f"{truth}/difficulty_delta/oracle", truth=truth, **bound)
     results = {}
     base = jax.random.key(20261130)
     for ti, (truth, source) in enumerate(truths):

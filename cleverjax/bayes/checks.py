@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln, logsumexp
+from scipy import special
 
 from .. import _checks
 from .._random import as_typed_key
@@ -174,6 +175,48 @@ def _rejected_statistic(
     return np.sum(np.where(seen, dev * dev / denom, 0.0), axis=(-2, -1))
 
 
+UNIFORM_PRIOR = 0.5
+"""Dirichlet concentration of the off-proposal classes in :func:`_uniform_statistic`."""
+
+
+def _uniform_statistic(x: np.ndarray, total: np.ndarray) -> np.ndarray | np.floating:
+    """Log Bayes factor, up to terms the permutation leaves fixed, of "rejections pick
+    uniformly" against "rejections follow p", summed over images.
+
+    With ``p`` off the proposal ~ Dirichlet(``UNIFORM_PRIOR``), the ratio of
+    ``Multinomial(x; uniform) DirMult(y)`` to the joint ``DirMult`` of the pool is
+    ``prod_k Gamma(a + y_k)`` times what depends on the pool alone (``y = T - x`` the
+    unbiased counts): large when the unbiased annotations are more concentrated than a
+    random split of the pool would make them. The most powerful statistic against
+    uniform rejection under that prior, where the chi-square spreads its power over
+    every direction.
+    """
+    return np.sum(special.gammaln(UNIFORM_PRIOR + (total - x)), axis=(-2, -1))
+
+
+def _permutation_ranks(observed: np.ndarray, replicated: np.ndarray) -> tuple:
+    """Upper-tail permutation p-values of each statistic (a column of ``replicated``):
+    of the observed values, and of every replicate among all of them (to calibrate a
+    function of the p-values, such as their minimum, on the same permutations)."""
+    r = len(replicated)
+    p_obs = (1 + np.sum(replicated >= observed - 1e-9 * np.abs(observed), axis=0)) / (1 + r)
+    ordered = np.sort(replicated, axis=0)
+    at_least = np.stack(
+        [r - np.searchsorted(col, rep, side="left") for col, rep in zip(ordered.T, replicated.T)],
+        axis=1,
+    )
+    return p_obs, at_least / (1 + r)
+
+
+def _min_p(observed: np.ndarray, replicated: np.ndarray) -> tuple[float, float]:
+    """Several upper-tail statistics as one test: the smallest of their permutation
+    p-values, and its own p-value from the same permutations (exact in size, as each
+    statistic alone is; the minimum of the raw p-values is not)."""
+    p_each, p_rep = _permutation_ranks(observed, replicated)
+    least = float(p_each.min())
+    return least, _p_value(-least, -p_rep.min(axis=1))
+
+
 def _rejected_classes(rng, counts, proposals, unbiased, *, alpha, num_resamples) -> ModelCheck:
     name = "rejected_classes"
     nb, nu = counts.sum(axis=1), unbiased.sum(axis=1)
@@ -198,7 +241,13 @@ def _rejected_classes(rng, counts, proposals, unbiased, *, alpha, num_resamples)
     total = x + y
     share = nx / total.sum(axis=1)
     images, k = x.shape
-    observed = float(_rejected_statistic(x, total, share))
+
+    def both(xs):
+        return np.stack(
+            [_rejected_statistic(xs, total, share), _uniform_statistic(xs, total)], axis=-1
+        )
+
+    observed = both(x)
     # Permutation within each image: the pooled annotations as a flat list of classes,
     # shuffled within their image's segment; the first nx of a segment count as biased.
     seg = np.repeat(np.arange(images), total.sum(axis=1))
@@ -212,12 +261,12 @@ def _rejected_classes(rng, counts, proposals, unbiased, *, alpha, num_resamples)
         perm = labels[order][:, biased]  # (size, biased annotations)
         idx = (np.arange(size)[:, None] * images + seg_b) * k + perm
         xs = np.bincount(idx.reshape(-1), minlength=size * images * k)
-        stats.append(_rejected_statistic(xs.reshape(size, images, k), total, share))
-    p = _p_value(observed, np.concatenate(stats))
+        stats.append(both(xs.reshape(size, images, k)))
+    least, p = _min_p(observed, np.concatenate(stats))
     where = f"on {images} calibration images"
     return _result(
         name,
-        observed,
+        least,
         p,
         alpha,
         f"Rejected proposals pick classes like unbiased annotators do {where}, as SPA assumes",
@@ -530,10 +579,16 @@ def model_checks(
     with probability ``p[k] / (1 - p[rho])``, and so does an unbiased annotation that is
     not ``rho``; given the pooled counts of an image, the rejected biased annotations
     are therefore a uniformly random subset of the pool (multivariate hypergeometric),
-    whatever ``p`` is. Statistic: the sum over images of the 2 x K chi-square of
-    (rejected biased, unbiased off rho). Null: permutation of the source labels within
-    each image (exact in size; ``num_resamples`` permutations). Catches annotators who
-    reject toward other classes than the unbiased ones choose, e.g. uniformly.
+    whatever ``p`` is. Two statistics: the sum over images of the 2 x K chi-square of
+    (rejected biased, unbiased off rho), which sees any difference; and the log Bayes
+    factor of uniform rejection against SPA with a Dirichlet(1/2) prior on ``p`` off the
+    proposal, the most powerful against uniform rejection (with the paper's 100
+    calibration images on CIFAR-10H, power 0.83 where the chi-square alone has 0.69).
+    Null: permutation of the source labels within each image (``num_resamples``
+    permutations); the reported statistic is the smaller of the two permutation
+    p-values, and its p-value comes from the same permutations (exact in size). Catches
+    annotators who reject toward other classes than the unbiased ones choose, e.g.
+    uniformly.
 
     **2. acceptance_by_difficulty** (calibration images). Under SPA one delta serves
     easy and hard images alike. Statistic: a score test of the alternative
