@@ -19,11 +19,12 @@ moment estimate from the calibration images with 1* fixed at 0.99,
 with its bootstrap standard error. Check 3 needs a fitted prior: only with ``--with-fit``
 (then ``cleverjax.fit`` gives the delta draws and the prior; ~30-60 s per data set).
 
-Measured (CPU, 40 replicates, 100 calibration images; raw lines in
-``benchmarks/results/model_checks_cpu.jsonl``): false alarm 0.025 (Dirichlet) and 0.05
-(CIFAR-10H); uniform rejection power 1.0 and 0.725; difficulty-dependent delta power
-0.175 and 0.025 (unmet: with 100 calibration images and argmax proposals, p[rho] spans too
-little of [0, 1] for this alternative to show; 0.675 for Dirichlet truth with 500). With
+Measured (CPU, 200 replicates, 100 calibration images; raw lines in
+``benchmarks/results/model_checks_cpu.jsonl``): false alarm 0.045 (Dirichlet) and 0.05
+(CIFAR-10H); uniform rejection power 1.0 and 0.855; difficulty-dependent delta power
+0.13 and 0.035, unmet and out of reach: ``--oracle`` gives the power of the most powerful
+test that knows p[rho] of every calibration image, 0.45 and 0.06 (with argmax proposals
+p[rho] spans too little of [0, 1] for this alternative to show in 100 images). With
 ``--with-fit``, check 3 failed on all 4 SPA replicates (Dirichlet truth): at 10^4 images it
 detects that the fitted prior family does not fit argmax-of-Dirichlet truth.
 
