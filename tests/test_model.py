@@ -795,6 +795,47 @@ def test_divergence_raises_instead_of_returning_nan(first_order):
             )  # fmt: skip
 
 
+def _two_loop_reference(g, s, y, count):
+    """The textbook two-loop recursion (Nocedal & Wright, Algorithm 7.4) in float64."""
+    memory = len(s)
+    pairs = [((count - 1 - i) % memory) for i in range(min(count, memory))]  # newest first
+    q, alphas = g.copy(), []
+    for k in pairs:
+        a = (s[k] @ q) / (s[k] @ y[k])
+        q -= a * y[k]
+        alphas.append(a)
+    if not pairs:
+        return -g / np.linalg.norm(g)
+    k0 = pairs[0]
+    r = (s[k0] @ y[k0]) / (y[k0] @ y[k0]) * q
+    for k, a in zip(reversed(pairs), reversed(alphas)):
+        r += (a - (y[k] @ r) / (s[k] @ y[k])) * s[k]
+    return -r
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 4, 7])
+def test_lbfgs_direction_is_the_two_loop_recursion(count):
+    # Memory 4: counts 0 (no pairs), below, at and past the memory (the ring wraps).
+    rng = np.random.default_rng(count)
+    a = rng.normal(size=(5, 5))
+    hessian = a @ a.T + 5 * np.eye(5)  # pairs from a convex quadratic: s.y > 0
+    s = rng.normal(size=(4, 5))
+    y = s @ hessian
+    g = rng.normal(size=5)
+    got = optimize._lbfgs_direction(
+        jnp.asarray(g, jnp.float32), jnp.asarray(s, jnp.float32), jnp.asarray(y, jnp.float32),
+        jnp.asarray(count),
+    )  # fmt: skip
+    np.testing.assert_allclose(got, _two_loop_reference(g, s, y, count), rtol=2e-4, atol=1e-5)
+    if count:  # the secant condition: H y = s for the newest pair
+        newest = (count - 1) % 4
+        back = optimize._lbfgs_direction(
+            jnp.asarray(y[newest], jnp.float32), jnp.asarray(s, jnp.float32),
+            jnp.asarray(y, jnp.float32), jnp.asarray(count),
+        )  # fmt: skip
+        np.testing.assert_allclose(back, -s[newest], rtol=2e-4, atol=1e-5)
+
+
 def test_plateau_track_compares_with_the_value_a_window_earlier():
     """Window 3: done when the objective is less than the threshold below its value three
     evaluations earlier (hand-computed: 5.0 -> 4.84 gains 0.16); never before three."""

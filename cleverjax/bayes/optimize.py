@@ -180,16 +180,20 @@ def _plateau_track(state: LBFGSState, threshold: Array) -> LBFGSState:
 
 def _lbfgs_direction(g: Array, s: Array, y: Array, count: Array) -> Array:
     """``-H g`` by the two-loop recursion over the stored differences; ``-g / |g|`` (a
-    unit step) when there are none."""
+    unit step) when there are none. The loops are scans, not unrolled: one copy of their
+    body in the compiled program whatever the memory."""
     memory = s.shape[0]
     sy = jnp.sum(s * y, axis=1)
     rho = jnp.where(sy > 0, 1 / jnp.where(sy > 0, sy, 1.0), 0.0)
-    q, alphas = g, []
-    for i in range(memory):  # newest first
-        k = (count - 1 - i) % memory
-        a = jnp.where(i < count, rho[k] * jnp.dot(s[k], q), 0.0)
-        q = q - a * y[k]
-        alphas.append(a)
+    slots = (count - 1 - jnp.arange(memory)) % memory  # newest first
+    used = jnp.arange(memory) < count
+
+    def newest_first(q, slot_used):
+        k, use = slot_used
+        a = jnp.where(use, rho[k] * jnp.dot(s[k], q), 0.0)
+        return q - a * y[k], a
+
+    q, alphas = jax.lax.scan(newest_first, g, (slots, used))
     newest = (count - 1) % memory
     yy = jnp.dot(y[newest], y[newest])
     gamma = jnp.where(
@@ -197,11 +201,13 @@ def _lbfgs_direction(g: Array, s: Array, y: Array, count: Array) -> Array:
         sy[newest] / jnp.where(yy > 0, yy, 1.0),
         1 / jnp.maximum(jnp.linalg.norm(g), 1e-30),
     )
-    r = gamma * q
-    for i in reversed(range(memory)):  # oldest first
-        k = (count - 1 - i) % memory
+
+    def oldest_first(r, slot_used_alpha):
+        k, use, a = slot_used_alpha
         b = rho[k] * jnp.dot(y[k], r)
-        r = r + jnp.where(i < count, alphas[i] - b, 0.0) * s[k]
+        return r + jnp.where(use, a - b, 0.0) * s[k], None
+
+    r, _ = jax.lax.scan(oldest_first, gamma * q, (slots, used, alphas), reverse=True)
     return -r
 
 
