@@ -8,6 +8,7 @@ check is never dead code.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,6 +54,47 @@ def _refuse(
     if bad_np.any():
         raise ValueError(f"{message}{detail(bad_np) if detail else f' ({_first_bad(bad_np)})'}")
     return x
+
+
+# Concrete inputs are checked by one small compiled program per check (a flag, and the
+# converted array where there is one) instead of a handful of operations run (and
+# compiled) one by one; only when a flag is up does the eager code below find the first
+# bad entry for the message.
+
+
+def _clear(flag: Array) -> bool:
+    """Whether a check's flag is down, known now: a flag computed inside a caller's
+    trace (constant inputs under ``jit``) is not, and goes the general way."""
+    return not is_traced(flag) and not bool(flag)
+
+
+@jax.jit
+def _as_whole_int32(arr: Array) -> tuple[Array, Array]:
+    return jnp.any(~jnp.isfinite(arr) | (arr != jnp.round(arr))), arr.astype(jnp.int32)
+
+
+@jax.jit
+def _simplex_flags(p: Array, atol: Array) -> tuple[Array, Array]:
+    total = jnp.sum(p, axis=-1)
+    bad = jnp.any(~jnp.isfinite(p)) | jnp.any(p < 0) | jnp.any(jnp.abs(total - 1) > atol)
+    return bad, p / jnp.sum(p, axis=-1, keepdims=True)
+
+
+@jax.jit
+def _labels_outside(labels: Array, num_classes: Array) -> Array:
+    return jnp.any((labels < 0) | (labels >= num_classes))
+
+
+@functools.partial(jax.jit, static_argnames=("lo_open", "hi_open"))
+def _outside(x: Array, lo: Array, hi: Array, *, lo_open: bool, hi_open: bool) -> Array:
+    below = (x <= lo) if lo_open else (x < lo)
+    above = (x >= hi) if hi_open else (x > hi)
+    return jnp.any(below | above | ~jnp.isfinite(x))
+
+
+@jax.jit
+def _any_negative(x: Array) -> Array:
+    return jnp.any(x < 0)
 
 
 def _first_value(x: Any, bad: np.ndarray) -> Any:
@@ -101,6 +143,10 @@ def as_int_array(name: str, x: Any, *, ndim: int | tuple[int, ...]) -> Array:
     arr = jnp.asarray(x)
     _check_ndim(name, arr, ndim)
     if jnp.issubdtype(arr.dtype, jnp.floating):
+        if not is_traced(arr):
+            bad, whole = _as_whole_int32(arr)
+            if _clear(bad):
+                return whole
         arr = _refuse(
             arr,
             ~jnp.isfinite(arr) | (arr != jnp.round(arr)),
@@ -114,6 +160,10 @@ def as_int_array(name: str, x: Any, *, ndim: int | tuple[int, ...]) -> Array:
 
 def check_simplex_rows(name: str, p: Array, *, atol: float = SIMPLEX_ATOL) -> Array:
     """Check that every row of ``p`` is a probability vector; return rows renormalised."""
+    if not is_traced(p):
+        bad, normalised = _simplex_flags(p, atol)
+        if _clear(bad):
+            return normalised
     p = check_values(p, ~jnp.isfinite(p), f"`{name}` must be finite; got NaN or inf")
     p = check_values(p, p < 0, f"`{name}` must be non-negative; got a negative probability")
     total = jnp.sum(p, axis=-1)
@@ -132,6 +182,8 @@ def check_simplex_rows(name: str, p: Array, *, atol: float = SIMPLEX_ATOL) -> Ar
 
 def check_labels(name: str, labels: Array, num_classes: int) -> Array:
     """Check that integer labels lie in [0, num_classes)."""
+    if not is_traced(labels) and _clear(_labels_outside(labels, num_classes)):
+        return labels
     return _refuse(
         labels,
         (labels < 0) | (labels >= num_classes),
@@ -150,6 +202,10 @@ def check_range(
     hi_open: bool = False,
 ) -> Array:
     """Check ``lo <= x <= hi`` elementwise (open ends on request); also rejects NaN."""
+    if not any(is_traced(v) for v in (x, lo, hi)) and _clear(
+        _outside(x, lo, hi, lo_open=lo_open, hi_open=hi_open)
+    ):
+        return x
     below = (x <= lo) if lo_open else (x < lo)
     above = (x >= hi) if hi_open else (x > hi)
     left = "(" if lo_open else "["
@@ -255,4 +311,6 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
 def as_counts(name: str, x: Any, *, ndim: int | tuple[int, ...] = 2) -> Array:
     """Annotation counts: whole, non-negative numbers, as int32."""
     counts = as_int_array(name, x, ndim=ndim)
+    if not is_traced(counts) and _clear(_any_negative(counts)):
+        return counts
     return check_values(counts, counts < 0, f"`{name}` must be non-negative counts; got a negative")
