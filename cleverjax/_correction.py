@@ -13,6 +13,7 @@ validate a stack of images ``(images, classes)``.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Literal, NamedTuple
@@ -412,18 +413,30 @@ def estimate_class_matrix(
     """
     _checks.check_choice("fallback", fallback, ("identity", "uniform", "pooled"))
     raw = jnp.asarray(calibration)
-    if jnp.issubdtype(raw.dtype, jnp.integer):
-        counts = _checks.as_counts("calibration", raw)
-        used = jnp.sum(counts, axis=1) > 0
-        soft = _soft(counts)
+    from_counts = bool(jnp.issubdtype(raw.dtype, jnp.integer))
+    if from_counts:
+        values = _checks.as_counts("calibration", raw)
     else:
-        soft = _checks.check_simplex_rows(
+        values = _checks.check_simplex_rows(
             "calibration", _checks.as_float_array("calibration", raw, ndim=2)
         )
-        used = jnp.ones(soft.shape[0], bool)
+    if values.shape[1] < 2:
+        raise ValueError(f"`calibration` must have at least 2 classes; got {values.shape}")
+    matrix, sizes = _class_matrix(values, fallback=fallback, from_counts=from_counts)
+    if not _checks.is_traced(sizes):
+        _warn_empty_rows(np.asarray(sizes), fallback)
+    return matrix
+
+
+@functools.partial(jax.jit, static_argnames=("fallback", "from_counts"))
+def _class_matrix(values: Array, *, fallback: str, from_counts: bool) -> tuple[Array, Array]:
+    """The class-blending matrix and the calibration images behind each row."""
+    if from_counts:
+        used = jnp.sum(values, axis=1) > 0
+        soft = _soft(values)
+    else:
+        soft, used = values, jnp.ones(values.shape[0], bool)
     num_classes = soft.shape[1]
-    if num_classes < 2:
-        raise ValueError(f"`calibration` must have at least 2 classes; got {soft.shape}")
     member = _onehot(jnp.argmax(soft, axis=1), num_classes, soft.dtype) * used[:, None].astype(
         soft.dtype
     )
@@ -438,9 +451,7 @@ def estimate_class_matrix(
         pooled = jnp.sum(soft * weights[:, None], axis=0) / jnp.maximum(jnp.sum(weights), 1)
         fill = jnp.broadcast_to(pooled, (num_classes, num_classes))
     mean = totals / jnp.where(sizes > 0, sizes, 1)[:, None]
-    if not _checks.is_traced(sizes):
-        _warn_empty_rows(np.asarray(sizes), fallback)
-    return jnp.where((sizes > 0)[:, None], mean, fill)
+    return jnp.where((sizes > 0)[:, None], mean, fill), sizes
 
 
 def _warn_empty_rows(sizes: np.ndarray, fallback: str) -> None:
@@ -493,9 +504,15 @@ def calibration_sample(
             f"`num_images` must be an int in [1, {n}] (the number of images); got {num_images!r}"
         )
     k_pick, k_ann = jax.random.split(as_typed_key(key))
-    idx = jax.random.choice(k_pick, n, (int(num_images),), replace=False).astype(jnp.int32)
-    counts = sample_annotations(k_ann, p_arr[idx], num_annotations=num_annotations)
+    idx, chosen = _pick_images(k_pick, p_arr, int(num_images))
+    counts = sample_annotations(k_ann, chosen, num_annotations=num_annotations)
     return Calibration(idx, counts)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _pick_images(key, p: Array, num_images: int) -> tuple[Array, Array]:
+    idx = jax.random.choice(key, p.shape[0], (num_images,), replace=False).astype(jnp.int32)
+    return idx, p[idx]
 
 
 class DeltaEstimate(NamedTuple):
@@ -514,15 +531,6 @@ class DeltaEstimate(NamedTuple):
     delta_se: float
     one_star_se: float
     num_images: int
-
-
-def _regression(x: Array, y: Array, noise: Array) -> tuple[Array, Array]:
-    """Intercept and slope of y on x, the x variance corrected by the mean noise variance."""
-    mx, my = jnp.mean(x), jnp.mean(y)
-    cov = jnp.mean((x - mx) * (y - my))
-    var = jnp.mean((x - mx) ** 2) - jnp.mean(noise)
-    slope = cov / var
-    return my - slope * mx, slope
 
 
 def estimate_delta(
@@ -566,49 +574,70 @@ def estimate_delta(
     biased, proposals = _validate_counts_proposals(biased_counts, proposals, "biased_counts")
     unbiased = _checks.as_counts("unbiased_counts", unbiased_counts)
     _checks.check_shape("unbiased_counts", unbiased, biased.shape, hint="same as biased_counts")
-    dtype = jnp.result_type(float)
-    n_u = jnp.sum(unbiased, axis=1).astype(dtype)
-    n_b = jnp.sum(biased, axis=1).astype(dtype)
-    on_rho = _onehot(proposals, biased.shape[1], dtype)
-    x_all = jnp.sum(unbiased.astype(dtype) * on_rho, axis=1) / jnp.maximum(n_u, 1)
-    y_all = jnp.sum(biased.astype(dtype) * on_rho, axis=1) / jnp.maximum(n_b, 1)
     min_u = 2 if correct_attenuation else 1
-    keep = np.asarray((n_b > 0) & (n_u >= min_u))
-    m = int(keep.sum())
+    m, var_x, intercept, slope, delta_se, star_se = _delta_regression(
+        unbiased, biased, proposals, correct_attenuation=correct_attenuation
+    )
+    m = int(m)
     if m < 3:
         raise ValueError(
             f"estimate_delta needs at least 3 images with >= 1 biased and >= "
             f"{min_u} unbiased annotations; got {m}"
         )
-    x = x_all[keep].astype(dtype)
-    y = y_all[keep].astype(dtype)
-    nu = n_u[keep].astype(dtype)
-    noise = x * (1 - x) / (nu - 1) if correct_attenuation else jnp.zeros_like(x)
-    if float(jnp.var(x)) <= 0:
+    if float(var_x) <= 0:
         raise ValueError(
             "estimate_delta needs images whose proposal probability varies; "
             "all unbiased estimates of p[proposal] are equal"
         )
-    intercept, slope = _regression(x, y, noise)
-
-    # Jackknife: leave image i out, vectorised through the sums.
-    sx, sy, sxx, sxy, sn = (jnp.sum(v) for v in (x, y, x * x, x * y, noise))
-    k = m - 1
-    mx = (sx - x) / k
-    my = (sy - y) / k
-    cov = (sxy - x * y) / k - mx * my
-    var = (sxx - x * x) / k - mx * mx - (sn - noise) / k
-    slope_i = cov / var
-    icpt_i = my - slope_i * mx
-    star_i = icpt_i + slope_i
-
-    def jack_se(values):
-        return float(jnp.sqrt(k / m * jnp.sum((values - jnp.mean(values)) ** 2)))
-
     return DeltaEstimate(
         delta=float(intercept),
         one_star=float(intercept + slope),
-        delta_se=jack_se(icpt_i),
-        one_star_se=jack_se(star_i),
+        delta_se=float(delta_se),
+        one_star_se=float(star_se),
         num_images=m,
     )
+
+
+@functools.partial(jax.jit, static_argnames=("correct_attenuation",))
+def _delta_regression(unbiased: Array, biased: Array, proposals: Array, *, correct_attenuation):
+    """Images used, the variance of their ``x``, intercept, slope and the jackknife
+    standard errors of delta and 1* (see :func:`estimate_delta`), as one program: the
+    images not used are masked out of every sum instead of dropped."""
+    dtype = jnp.result_type(float)
+    n_u = jnp.sum(unbiased, axis=1).astype(dtype)
+    n_b = jnp.sum(biased, axis=1).astype(dtype)
+    on_rho = _onehot(proposals, biased.shape[1], dtype)
+    x = jnp.sum(unbiased.astype(dtype) * on_rho, axis=1) / jnp.maximum(n_u, 1)
+    y = jnp.sum(biased.astype(dtype) * on_rho, axis=1) / jnp.maximum(n_b, 1)
+    keep = (n_b > 0) & (n_u >= (2 if correct_attenuation else 1))
+    w = keep.astype(dtype)
+    m = jnp.sum(w)
+    if correct_attenuation:
+        noise = jnp.where(keep, x * (1 - x) / jnp.where(keep, n_u - 1, 1), 0.0)
+    else:
+        noise = jnp.zeros_like(x)
+
+    def mean(v):
+        return jnp.sum(w * v) / jnp.maximum(m, 1)
+
+    mx, my = mean(x), mean(y)
+    var_x = mean((x - mx) ** 2)
+    slope = mean((x - mx) * (y - my)) / (var_x - mean(noise))
+    intercept = my - slope * mx
+
+    # Jackknife: leave image i out, vectorised through the sums.
+    sx, sy, sxx, sxy, sn = (jnp.sum(w * v) for v in (x, y, x * x, x * y, noise))
+    k = m - 1
+    mx_i = (sx - x) / k
+    my_i = (sy - y) / k
+    cov = (sxy - x * y) / k - mx_i * my_i
+    var = (sxx - x * x) / k - mx_i * mx_i - (sn - noise) / k
+    slope_i = cov / var
+    icpt_i = my_i - slope_i * mx_i
+    star_i = icpt_i + slope_i
+
+    def jack_se(values):
+        values = jnp.where(keep, values, 0.0)
+        return jnp.sqrt(k / m * jnp.sum(w * (values - mean(values)) ** 2))
+
+    return m, var_x, intercept, slope, jack_se(icpt_i), jack_se(star_i)

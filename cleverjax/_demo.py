@@ -8,7 +8,6 @@ import warnings
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -103,7 +102,10 @@ def run_demo(
     )
     t_sim = time.perf_counter() - t0
     cal = calibration_sample(k_cal, p, num_images=min(100, n), num_annotations=10)
-    unbiased = jnp.zeros_like(biased).at[cal.indices].set(cal.counts)
+    # Small bookkeeping in NumPy: each JAX operation run on its own compiles first.
+    cal_rows, cal_counts = np.asarray(cal.indices), np.asarray(cal.counts)
+    unbiased = np.zeros(biased.shape, np.int32)
+    unbiased[cal_rows] = cal_counts
     print(
         f"2. Repair: true delta {delta}, {annotations} annotations with proposals per "
         f"image, 100 calibration images with 10 annotations without proposals"
@@ -122,7 +124,8 @@ def run_demo(
     }
     jax.block_until_ready(list(estimates.values()))
     t_clever = time.perf_counter() - t0
-    regression = estimate_delta(cal.counts, biased[cal.indices], rho[cal.indices])
+    biased_np, rho_np = np.asarray(biased), np.asarray(rho)
+    regression = estimate_delta(cal_counts, biased_np[cal_rows], rho_np[cal_rows])
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -179,7 +182,7 @@ def run_demo(
         print(
             f"posterior predictive check of the acceptance rate: observed "
             f"{res.ppc.observed:.4f}, replicated "
-            f"{float(jnp.mean(res.ppc.replicated)):.4f}, p = {res.ppc.p_value:.2f}"
+            f"{float(np.mean(np.asarray(res.ppc.replicated))):.4f}, p = {res.ppc.p_value:.2f}"
         )
     print(
         f"time: simulation {t_sim:.2f} s, CleverLabel {t_clever:.2f} s, Bayesian fit "
@@ -212,7 +215,8 @@ def spa_check(
     (a rejection never lands on the proposal). ``s.e.`` is the binomial standard error
     of the measured share, so |measured - expected| stays within a few of it. These calls
     are too small to time the engine; see :func:`engine_speed`."""
-    p_rho = np.asarray(jnp.take_along_axis(p, proposals[:, None], axis=1)[:, 0], np.float64)
+    rho = np.asarray(proposals)
+    p_rho = np.take_along_axis(np.asarray(p, np.float64), rho[:, None], axis=1)[:, 0]
     rows = []
     for i, delta in enumerate(deltas):
         accept = delta + (one_star - delta) * p_rho
@@ -221,7 +225,7 @@ def spa_check(
             counts = simulate_counts(
                 sub, p, proposals, num_annotations=num, delta=delta, one_star=one_star
             )
-            on_proposal = int(jnp.sum(jnp.take_along_axis(counts, proposals[:, None], axis=1)))
+            on_proposal = int(np.take_along_axis(np.asarray(counts), rho[:, None], axis=1).sum())
             total = num * p_rho.size
             rows.append(
                 {

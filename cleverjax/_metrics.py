@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -57,10 +59,22 @@ def kl_divergence(
     g = _checks.as_float_array("gt", gt, ndim=2)
     e = _checks.as_float_array("estimate", estimate, ndim=2)
     _checks.check_shape("estimate", e, g.shape, hint="same shape as `gt`")
-    g = _checks.check_values(g, ~jnp.isfinite(g) | (g < 0), "`gt` must be finite and >= 0")
-    e = _checks.check_values(e, ~jnp.isfinite(e) | (e < 0), "`estimate` must be finite and >= 0")
+    bad, value = _kl_checked(g, e, exact=exact, reduce=reduce)
+    if _checks.is_traced(bad) or bool(bad):  # under the caller's jit, or to say what is bad
+        g = _checks.check_values(g, ~jnp.isfinite(g) | (g < 0), "`gt` must be finite and >= 0")
+        e = _checks.check_values(
+            e, ~jnp.isfinite(e) | (e < 0), "`estimate` must be finite and >= 0"
+        )
+        value = _kl_checked(g, e, exact=exact, reduce=reduce)[1]
+    return value
+
+
+@functools.partial(jax.jit, static_argnames=("exact", "reduce"))
+def _kl_checked(g: Array, e: Array, *, exact: bool, reduce: bool) -> tuple[Array, Array]:
+    """Whether an input is not finite or negative, and the KL (one compiled program)."""
+    bad = jnp.any(~jnp.isfinite(g) | (g < 0)) | jnp.any(~jnp.isfinite(e) | (e < 0))
     per_image = _kl_exact(g, e) if exact else _kl_paper(g, e)
-    return jnp.mean(per_image) if reduce else per_image
+    return bad, jnp.mean(per_image) if reduce else per_image
 
 
 def budget(

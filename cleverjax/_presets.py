@@ -8,6 +8,7 @@ the class-blending matrix.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -292,19 +293,27 @@ def sample_ground_truth(
         raise ValueError(f"`concentration` must be > 0; got {concentration}")
     if annotations_per_image is not None:
         _checks.positive_int("annotations_per_image", annotations_per_image)
-    k_class, k_p, k_ann = jax.random.split(as_typed_key(key), 3)
+    matrix = np.asarray(info.class_matrix, np.float64)
+    return _ground_truth(as_typed_key(key), matrix, concentration, int(n), annotations_per_image)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _ground_truth(key, matrix, concentration, n: int, annotations_per_image: int | None):
+    """The draws of :func:`sample_ground_truth` as one compiled program."""
+    k_class, k_p, k_ann = jax.random.split(key, 3)
     dtype = jnp.result_type(float)
-    matrix = jnp.asarray(info.class_matrix, dtype)
-    y = jax.random.randint(k_class, (int(n),), 0, info.num_classes)
+    num_classes = matrix.shape[0]
+    matrix = matrix.astype(dtype)
+    y = jax.random.randint(k_class, (n,), 0, num_classes)
     # A tiny floor keeps every Dirichlet parameter positive where C has exact zeros.
     alpha = concentration * matrix[y] + 1e-3
     p = jax.random.dirichlet(k_p, alpha, dtype=dtype)
     if annotations_per_image is None:
         return p
-    draws = categorical(k_ann, jnp.log(p), shape=(int(annotations_per_image),))
+    draws = categorical(k_ann, jnp.log(p), shape=(annotations_per_image,))
     counts = jnp.sum(
         draws[..., None].astype(jnp.int32)
-        == jnp.arange(info.num_classes, dtype=jnp.int32)[None, None, :],
+        == jnp.arange(num_classes, dtype=jnp.int32)[None, None, :],
         axis=0,
     )
     return counts.astype(dtype) / annotations_per_image

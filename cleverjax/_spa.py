@@ -818,7 +818,13 @@ def propose(
         "accuracy", _checks.as_float_array("accuracy", accuracy, ndim=0), 0.0, 1.0
     )
     _checks.check_choice("mistakes", mistakes, ("uniform", "ground_truth"))
-    k_right, k_wrong = jax.random.split(_as_key(key))
+    return _propose(_as_key(key), p, acc, mistakes)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _propose(key, p: Array, acc: Array, mistakes: str) -> Array:
+    n, num_classes = p.shape
+    k_right, k_wrong = jax.random.split(key)
     best = jnp.argmax(p, axis=1).astype(jnp.int32)
     right = jax.random.uniform(k_right, (n,), dtype=p.dtype) < acc
     is_best = jnp.arange(num_classes, dtype=jnp.int32)[None, :] == best[:, None]

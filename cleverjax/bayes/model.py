@@ -167,6 +167,9 @@ def _prior_from(mean_logits, conc, weight_logits, uniform_logit, config: ModelCo
     )
 
 
+_prior_from_jit = jax.jit(_prior_from, static_argnums=(4,))
+
+
 def _prior_params(config: ModelConfig, init: Prior) -> Prior:
     # Simplex rows as softmax of free logits: better conditioned for Adam than
     # stick-breaking, and the logits' free offset is harmless.
@@ -185,8 +188,9 @@ def _prior_params(config: ModelConfig, init: Prior) -> Prior:
 
 
 def prior_from_params(params: dict, config: ModelConfig) -> Prior:
-    """The fitted :class:`Prior` from SVI parameters."""
-    return _prior_from(
+    """The fitted :class:`Prior` from SVI parameters (one compiled program when called
+    outside ``jit``, rather than a handful of operations compiled one by one)."""
+    return _prior_from_jit(
         params["prior_mean_logits"],
         params["prior_concentration"],
         params["prior_weight_logits"],
