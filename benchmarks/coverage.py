@@ -220,9 +220,15 @@ def main() -> None:
         "--delta-prior", type=float, nargs=2, default=None, metavar=("A", "B"),
         help="Beta prior of delta / 1* passed to fit (default: fit's own)",
     )  # fmt: skip
+    parser.add_argument(
+        "--num-components", type=int, default=None,
+        help="Dirichlet components per prior row passed to fit (default: fit's own)",
+    )  # fmt: skip
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run")
     args = parser.parse_args()
     fit_kwargs: dict = dict(num_ppc_replicates=0, check_model=False)
+    if args.num_components is not None:
+        fit_kwargs["num_components"] = args.num_components
     if args.delta_prior is not None:
         fit_kwargs["delta_prior"] = tuple(args.delta_prior)
     if args.tiny:
@@ -242,6 +248,7 @@ def main() -> None:
         deltas=args.deltas, calibration=args.calibration, replicates=args.replicates,
         images=args.images, accuracy=args.accuracy, unbiased_per_image=UNBIASED_PER_IMAGE,
         level=LEVEL, seed=args.seed, delta_prior=fit_kwargs.get("delta_prior", "default"),
+        num_components=fit_kwargs.get("num_components", "default"),
     )  # fmt: skip
     base = jax.random.key(args.seed)
     cells = []
