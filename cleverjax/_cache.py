@@ -44,3 +44,21 @@ def configure_compilation_cache() -> Path | None:
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     return path
+
+
+FAST_COMPILE_WORK = 100_000
+"""Rows times polynomial terms at or below which the Bayesian fit's large programs are
+compiled at XLA's optimisation level 1 on CPU (see :func:`compile_options`)."""
+
+
+def compile_options(work: int, platform: str) -> tuple[tuple[str, int], ...]:
+    """XLA options for a large program over ``work`` rows x terms on ``platform``, as a
+    hashable tuple of pairs (``dict(...)`` of it is ``jax.jit``'s ``compiler_options``).
+
+    On CPU, small data compile at optimisation level 1: about a third less compile time
+    (1000 diverse images: fit 20 -> 15.5 s in a fresh process) for evaluations that are
+    no slower at that size; on large data level 1 makes each evaluation 25-35 % slower, so
+    they keep the default. Other platforms keep the default."""
+    if platform == "cpu" and work <= FAST_COMPILE_WORK:
+        return (("xla_backend_optimization_level", 1),)
+    return ()

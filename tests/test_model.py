@@ -795,6 +795,47 @@ def test_divergence_raises_instead_of_returning_nan(first_order):
             )  # fmt: skip
 
 
+def test_compile_options_rule():
+    from cleverjax._cache import FAST_COMPILE_WORK, compile_options
+
+    fast = (("xla_backend_optimization_level", 1),)
+    assert compile_options(FAST_COMPILE_WORK, "cpu") == fast
+    assert compile_options(FAST_COMPILE_WORK + 1, "cpu") == ()
+    assert compile_options(10, "gpu") == ()
+
+
+def test_lbfgs_with_compile_options_reaches_the_same_minimum():
+    # The same objective compiled at XLA's optimisation level 1 and at the default.
+    p, rho, biased, unbiased = campaign(41, n=100, calibration=50)
+    prep = bdata.prepare(biased, rho, unbiased, None)
+    data = jax.device_put(bdata.pad(prep.data))
+    config = model.ModelConfig(num_classes=3, num_components=1, num_terms=11)
+    init = fitting.initial_prior(prep, config)
+    params = model.initial_params(config, init)
+    frozen = model.freeze(model.global_params(params, config), data, config)
+    runs = [
+        optimize.run_lbfgs(
+            model.negative_elbo,
+            params,
+            model.param_constraints,
+            (data, frozen),
+            config,
+            max_steps=300,
+            tolerance=1e-6,
+            scale=100.0,
+            options=options,
+        )  # fmt: skip
+        for options in ((), (("xla_backend_optimization_level", 1),))
+    ]
+    assert all(r.converged for r in runs)
+    # The objective is flat along some prior concentrations, so rounding moves where
+    # the runs stop there; the loss and delta's guide must agree: the loss to 0.01 nats,
+    # delta's location to 5 % of its guide's scale.
+    assert abs(float(runs[1].losses[-1]) - float(runs[0].losses[-1])) < 0.01
+    loc = [float(r.params["delta_fraction_loc"]) for r in runs]
+    assert abs(loc[1] - loc[0]) < 0.05 * float(runs[0].params["delta_fraction_scale"])
+
+
 def _two_loop_reference(g, s, y, count):
     """The textbook two-loop recursion (Nocedal & Wright, Algorithm 7.4) in float64."""
     memory = len(s)

@@ -29,6 +29,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from numpyro.infer import MCMC, NUTS, SVI
 
 from .. import _checks
+from .._cache import compile_options
 from .._checks import ArrayIn
 from .._random import as_typed_key
 from .checks import ModelCheck, model_checks, warn_failed
@@ -69,7 +70,12 @@ from .model import (
     spa_model,
 )
 from .optimize import ConvergenceWarning, Optimized, lenient_promotion, run_lbfgs, run_svi
-from .posterior import PosteriorPredictive, acceptance_check, stratified_index, summaries
+from .posterior import (
+    PosteriorPredictive,
+    acceptance_check,
+    stratified_index,
+    summaries_program,
+)
 
 MIN_CALIBRATION_IMAGES = 20
 """Calibration images (biased annotations plus unbiased ones, or a probe proposal) below
@@ -388,6 +394,8 @@ def _optimise(
         )
         data = jax.device_put(data, device)
         exact = _calibration_data(prep) if exact_draws_apply(config) else None
+        work = sum(lev.data.num_rows * lev.num_terms for lev in levels)
+        common["options"] = compile_options(work, device.platform)
         return _lbfgs_fit(data, config, init, settings["progress"], common, start, exact)
     data = jax.device_put(pad(data), device)
     svi = _svi(config, optimizer)
@@ -657,7 +665,10 @@ def _summarise(key, prep: Prepared, prior, deltas, stars, level, per_delta, devs
         k, prior_d, deltas_d, stars_d = replicate_on(
             devs, (jax.random.key_data(k), prior, deltas, stars)
         )
-        out = summaries(
+        program = summaries_program(
+            compile_options(lev.data.num_rows * lev.num_terms, devs[0].platform)
+        )
+        out = program(
             k,
             shard_rows(pad(lev.data, len(devs)), devs),
             prior_d,

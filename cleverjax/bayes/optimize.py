@@ -253,9 +253,11 @@ PLATEAU_WINDOW = 10
 
 
 @functools.lru_cache(maxsize=32)
-def _lbfgs_programs(loss, static, constraints, chunk: int, memory: int):
+def _lbfgs_programs(loss, static, constraints, chunk: int, memory: int, options: tuple = ()):
     """Compiled programs of :func:`run_lbfgs` for one objective, made once, so that fits
-    with the same model settings and padded shapes reuse them within a process."""
+    with the same model settings and padded shapes reuse them within a process
+    (``options``: XLA compiler options as pairs, see :func:`cleverjax._cache.compile_options`)."""
+    jit = functools.partial(jax.jit, compiler_options=dict(options) or None)
     transforms = {name: biject_to(c) for name, c in constraints(static).items()}
 
     def constrain(u):
@@ -264,7 +266,7 @@ def _lbfgs_programs(loss, static, constraints, chunk: int, memory: int):
     def unconstrain(params):
         return {name: transforms[name].inv(v) for name, v in params.items()}
 
-    @jax.jit
+    @jit
     def start(params):
         # The first evaluation "accepts" the starting point itself (any value beats an
         # infinite one), so that the objective is compiled in one program only.
@@ -277,7 +279,7 @@ def _lbfgs_programs(loss, static, constraints, chunk: int, memory: int):
             jnp.zeros((), jnp.int32), jnp.zeros((), bool),
         )  # fmt: skip
 
-    @jax.jit
+    @jit
     def run_chunk(state, params, args, threshold):
         _, unravel = ravel_pytree(unconstrain(params))
         value_and_grad = jax.value_and_grad(lambda x: loss(constrain(unravel(x)), *args, static))
@@ -293,7 +295,7 @@ def _lbfgs_programs(loss, static, constraints, chunk: int, memory: int):
 
         return jax.lax.scan(body, state, None, length=chunk)
 
-    @jax.jit
+    @jit
     def params_at(x, params):
         _, unravel = ravel_pytree(unconstrain(params))
         return constrain(unravel(x))
@@ -315,6 +317,7 @@ def run_lbfgs(
     memory: int = 10,
     resume: LBFGSState | None = None,
     progress: bool = False,
+    options: tuple = (),
 ) -> Optimized:
     """Minimise ``loss(params, *args, static)`` (deterministic and smooth, e.g.
     :func:`cleverjax.bayes.model.negative_elbo`) over the parameters, each mapped to the
@@ -335,9 +338,12 @@ def run_lbfgs(
     that point moved by the caller) with its curvature memory, re-evaluating the
     objective there first, and converges once it has gained less than the tolerance
     since then, after :data:`RESUMED_MIN_EVALS` evaluations or more.
+
+    ``options``: XLA compiler options for the programs, as pairs
+    (:func:`cleverjax._cache.compile_options`).
     """
     hint = "Check the data (a NaN or infinite weight or count?)"
-    start, run_chunk, params_at = _lbfgs_programs(loss, static, constraints, chunk, memory)
+    start, run_chunk, params_at = _lbfgs_programs(loss, static, constraints, chunk, memory, options)
     if resume is None:
         with lenient_promotion():
             state = start(params)

@@ -341,9 +341,10 @@ def accepted_moments(data: SPAData, resp, moments, delta, one_star):
     return n * a, n * a * (1 - a) + n * (n - 1) * var_a
 
 
-@functools.partial(
-    jax.jit, static_argnames=("num_terms", "level", "per_delta", "devices", "key_impl")
-)
+_SUMMARIES_STATIC = ("num_terms", "level", "per_delta", "devices", "key_impl")
+
+
+@functools.partial(jax.jit, static_argnames=_SUMMARIES_STATIC)
 def summaries(
     key_data,
     data: SPAData,
@@ -413,6 +414,17 @@ def summaries(
         devices=devices,
         per_row=per_row,
         shared=shared,
+    )
+
+
+@functools.cache
+def summaries_program(options: tuple = ()):
+    """:func:`summaries` compiled with XLA compiler options given as pairs (see
+    :func:`cleverjax._cache.compile_options`); no options: :func:`summaries` itself."""
+    if not options:
+        return summaries
+    return jax.jit(
+        summaries.__wrapped__, static_argnames=_SUMMARIES_STATIC, compiler_options=dict(options)
     )
 
 
