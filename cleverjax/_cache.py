@@ -56,7 +56,7 @@ def compile_options(work: int, platform: str) -> tuple[tuple[str, int], ...]:
     hashable tuple of pairs (``dict(...)`` of it is ``jax.jit``'s ``compiler_options``).
 
     On CPU, small data compile at optimisation level 1: about a third less compile time
-    (1000 diverse images: fit 20 -> 15.5 s in a fresh process) for evaluations that are
+    (1000 diverse images: fit 20 -> 14-15 s in a fresh process) for evaluations that are
     no slower at that size; on large data level 1 makes each evaluation 25-35 % slower, so
     they keep the default. Other platforms keep the default."""
     if platform == "cpu" and work <= FAST_COMPILE_WORK:
