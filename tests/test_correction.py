@@ -282,6 +282,15 @@ def test_figure3_on_cifar10h(cifar10h_counts):
         (lambda: cj.kl_divergence([[0.5, np.nan]], [[0.5, 0.5]]), r"`gt` must be finite"),
         (lambda: cj.estimate_delta([[1, 1]], [[1, 1]], [0]), r"at least 3 images"),
         (
+            # Every image's unbiased share on the proposal is 1/2 (and a fourth image
+            # without biased annotations is left out): nothing to regress on.
+            lambda: cj.estimate_delta(
+                [[2, 2], [1, 1], [3, 3], [4, 0]], [[3, 1], [2, 2], [1, 3], [0, 0]], [0, 0, 0, 0]
+            ),
+            r"proposal probability varies",
+        ),
+        (lambda: cj.kl_divergence([[0.5, 0.5]], [[-0.5, 1.5]]), r"`estimate` must be finite"),
+        (
             lambda: cj.calibration_sample(jax.random.key(0), np.eye(3), num_images=5),
             r"`num_images` must be an int in \[1, 3\]",
         ),
