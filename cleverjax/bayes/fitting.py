@@ -687,9 +687,18 @@ def _summarise(key, prep: Prepared, prior, deltas, stars, level, per_delta, devs
         # Padded: callers index the real rows, and a slice to the data's own row count
         # would compile a program for every data size.
         return outs[0]
-    outs = [tuple(None if x is None else x[: len(r)] for x in o) for o, r in zip(outs, order)]
     back = jnp.asarray(np.argsort(np.concatenate(order)))
-    return tuple(None if parts[0] is None else jnp.concatenate(parts)[back] for parts in zip(*outs))
+    sizes = tuple(len(r) for r in order)
+    return tuple(
+        None if parts[0] is None else _reassemble(parts, back, sizes) for parts in zip(*outs)
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _reassemble(parts: tuple, back: Array, sizes: tuple[int, ...]) -> Array:
+    """The levels' outputs (each padded past its ``sizes`` real rows) in the data's row
+    order, as one program rather than a slice, a concatenation and a gather each."""
+    return jnp.concatenate([x[:n] for x, n in zip(parts, sizes)])[back]
 
 
 def _intervals(draws, level: float) -> np.ndarray:
