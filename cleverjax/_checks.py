@@ -68,9 +68,23 @@ def _clear(flag: Array) -> bool:
     return not is_traced(flag) and not bool(flag)
 
 
+def _not_whole(arr: Array) -> Array:
+    return ~jnp.isfinite(arr) | (arr != jnp.round(arr))
+
+
+def _outside_labels(labels: Array, num_classes: Any) -> Array:
+    return (labels < 0) | (labels >= num_classes)
+
+
+def _outside_range(x: Any, lo: Any, hi: Any, lo_open: bool, hi_open: bool) -> Array:
+    below = (x <= lo) if lo_open else (x < lo)
+    above = (x >= hi) if hi_open else (x > hi)
+    return below | above | ~jnp.isfinite(x)
+
+
 @jax.jit
 def _as_whole_int32(arr: Array) -> tuple[Array, Array]:
-    return jnp.any(~jnp.isfinite(arr) | (arr != jnp.round(arr))), arr.astype(jnp.int32)
+    return jnp.any(_not_whole(arr)), arr.astype(jnp.int32)
 
 
 @jax.jit
@@ -82,14 +96,12 @@ def _simplex_flags(p: Array, atol: Array) -> tuple[Array, Array]:
 
 @jax.jit
 def _labels_outside(labels: Array, num_classes: Array) -> Array:
-    return jnp.any((labels < 0) | (labels >= num_classes))
+    return jnp.any(_outside_labels(labels, num_classes))
 
 
 @functools.partial(jax.jit, static_argnames=("lo_open", "hi_open"))
 def _outside(x: Array, lo: Array, hi: Array, *, lo_open: bool, hi_open: bool) -> Array:
-    below = (x <= lo) if lo_open else (x < lo)
-    above = (x >= hi) if hi_open else (x > hi)
-    return jnp.any(below | above | ~jnp.isfinite(x))
+    return jnp.any(_outside_range(x, lo, hi, lo_open, hi_open))
 
 
 @jax.jit
@@ -149,7 +161,7 @@ def as_int_array(name: str, x: Any, *, ndim: int | tuple[int, ...]) -> Array:
                 return whole
         arr = _refuse(
             arr,
-            ~jnp.isfinite(arr) | (arr != jnp.round(arr)),
+            _not_whole(arr),
             f"`{name}` must hold whole numbers",
             lambda b: f"; got {float(_first_value(arr, b)):g} ({_first_bad(b)})",
         )
@@ -186,7 +198,7 @@ def check_labels(name: str, labels: Array, num_classes: int) -> Array:
         return labels
     return _refuse(
         labels,
-        (labels < 0) | (labels >= num_classes),
+        _outside_labels(labels, num_classes),
         f"`{name}` must be class indices in [0, {num_classes})",
         lambda b: f"; got {int(_first_value(labels, b))} ({_first_bad(b)})",
     )
@@ -206,8 +218,6 @@ def check_range(
         _outside(x, lo, hi, lo_open=lo_open, hi_open=hi_open)
     ):
         return x
-    below = (x <= lo) if lo_open else (x < lo)
-    above = (x >= hi) if hi_open else (x > hi)
     left = "(" if lo_open else "["
     right = ")" if hi_open else "]"
     message = f"`{name}` must lie in {left}{_fmt(lo)}, {_fmt(hi)}{right}"
@@ -216,7 +226,7 @@ def check_range(
         where = f" ({_first_bad(b)})" if np.ndim(x) else ""
         return f"; got {float(_first_value(x, b)):.6g}{where}"
 
-    return _refuse(x, below | above | ~jnp.isfinite(x), message, detail)
+    return _refuse(x, _outside_range(x, lo, hi, lo_open, hi_open), message, detail)
 
 
 def in_range(name: str, x: Array, lo: ArrayLike, hi: ArrayLike, **open_ends: bool) -> Array:
