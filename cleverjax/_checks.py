@@ -62,7 +62,7 @@ def _refuse(
 # bad entry for the message.
 
 
-def _clear(flag: Array) -> bool:
+def flag_down(flag: Array) -> bool:
     """Whether a check's flag is down, known now: a flag computed inside a caller's
     trace (constant inputs under ``jit``) is not, and goes the general way."""
     return not is_traced(flag) and not bool(flag)
@@ -157,7 +157,7 @@ def as_int_array(name: str, x: Any, *, ndim: int | tuple[int, ...]) -> Array:
     if jnp.issubdtype(arr.dtype, jnp.floating):
         if not is_traced(arr):
             bad, whole = _as_whole_int32(arr)
-            if _clear(bad):
+            if flag_down(bad):
                 return whole
         arr = _refuse(
             arr,
@@ -174,7 +174,7 @@ def check_simplex_rows(name: str, p: Array, *, atol: float = SIMPLEX_ATOL) -> Ar
     """Check that every row of ``p`` is a probability vector; return rows renormalised."""
     if not is_traced(p):
         bad, normalised = _simplex_flags(p, atol)
-        if _clear(bad):
+        if flag_down(bad):
             return normalised
     p = check_values(p, ~jnp.isfinite(p), f"`{name}` must be finite; got NaN or inf")
     p = check_values(p, p < 0, f"`{name}` must be non-negative; got a negative probability")
@@ -194,7 +194,7 @@ def check_simplex_rows(name: str, p: Array, *, atol: float = SIMPLEX_ATOL) -> Ar
 
 def check_labels(name: str, labels: Array, num_classes: int) -> Array:
     """Check that integer labels lie in [0, num_classes)."""
-    if not is_traced(labels) and _clear(_labels_outside(labels, num_classes)):
+    if not is_traced(labels) and flag_down(_labels_outside(labels, num_classes)):
         return labels
     return _refuse(
         labels,
@@ -214,7 +214,7 @@ def check_range(
     hi_open: bool = False,
 ) -> Array:
     """Check ``lo <= x <= hi`` elementwise (open ends on request); also rejects NaN."""
-    if not any(is_traced(v) for v in (x, lo, hi)) and _clear(
+    if not any(is_traced(v) for v in (x, lo, hi)) and flag_down(
         _outside(x, lo, hi, lo_open=lo_open, hi_open=hi_open)
     ):
         return x
@@ -321,6 +321,6 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
 def as_counts(name: str, x: Any, *, ndim: int | tuple[int, ...] = 2) -> Array:
     """Annotation counts: whole, non-negative numbers, as int32."""
     counts = as_int_array(name, x, ndim=ndim)
-    if not is_traced(counts) and _clear(_any_negative(counts)):
+    if not is_traced(counts) and flag_down(_any_negative(counts)):
         return counts
     return check_values(counts, counts < 0, f"`{name}` must be non-negative counts; got a negative")

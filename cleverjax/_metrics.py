@@ -59,14 +59,14 @@ def kl_divergence(
     g = _checks.as_float_array("gt", gt, ndim=2)
     e = _checks.as_float_array("estimate", estimate, ndim=2)
     _checks.check_shape("estimate", e, g.shape, hint="same shape as `gt`")
-    bad, value = _kl_checked(g, e, exact=exact, reduce=reduce)
-    if _checks.is_traced(bad) or bool(bad):  # under the caller's jit, or to say what is bad
-        g = _checks.check_values(g, ~jnp.isfinite(g) | (g < 0), "`gt` must be finite and >= 0")
-        e = _checks.check_values(
-            e, ~jnp.isfinite(e) | (e < 0), "`estimate` must be finite and >= 0"
-        )
-        value = _kl_checked(g, e, exact=exact, reduce=reduce)[1]
-    return value
+    if not (_checks.is_traced(g) or _checks.is_traced(e)):
+        bad, value = _kl_checked(g, e, exact=exact, reduce=reduce)
+        if _checks.flag_down(bad):
+            return value
+    # Under the caller's jit, or to say which entry is bad.
+    g = _checks.check_values(g, ~jnp.isfinite(g) | (g < 0), "`gt` must be finite and >= 0")
+    e = _checks.check_values(e, ~jnp.isfinite(e) | (e < 0), "`estimate` must be finite and >= 0")
+    return _kl_checked(g, e, exact=exact, reduce=reduce)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("exact", "reduce"))
