@@ -504,6 +504,22 @@ def pad(data: SPAData, multiple: int = 1) -> SPAData:
     return SPAData(*fields, table)
 
 
+def pad_levels(data: SPAData, levels: list[Level], multiple: int = 1) -> SPAData:
+    """The rows of ``data`` in their own order, padded as :func:`pad` pads them, with one
+    entry table per level (each padded as :func:`pad` pads a table) as ``table``, a
+    tuple: ``entry`` indexes the levels' entries one after another. The form that
+    :func:`cleverjax.bayes.posterior.summaries` takes."""
+    entry = np.zeros(data.num_rows, np.int32)
+    tables, offset = [], 0
+    for lev in levels:
+        table = pad(lev.data).table
+        entry[lev.rows] = np.asarray(lev.data.entry) + offset
+        offset += table.num_entries
+        tables.append(table)
+    rows = pad(data._replace(entry=entry, table=data.table), multiple)
+    return rows._replace(table=tuple(tables))
+
+
 def spans_processes(devices) -> bool:
     """Whether ``devices`` include another process's (several processes, global arrays)."""
     here = jax.process_index()

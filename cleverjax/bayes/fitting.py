@@ -41,6 +41,7 @@ from .data import (
     live_pairs,
     local_arrays,
     pad,
+    pad_levels,
     prepare,
     replicate_on,
     restrict,
@@ -655,50 +656,31 @@ def _nuts_draws(key, prep: Prepared, params, config: ModelConfig, init: Prior, s
 
 def _summarise(key, prep: Prepared, prior, deltas, stars, level, per_delta, devs) -> tuple:
     """:func:`summaries` of every row of ``prep.data`` (in its order, followed by padding
-    rows when there is one level), level by level (see :func:`split_levels`): rows with
-    few annotations do not pay for the polynomial terms of rows with many."""
+    rows: callers index the real rows, and a slice to the data's own row count would
+    compile a program for every data size). Rows of every level (see
+    :func:`split_levels`) go through one program; each level's entries have polynomials
+    of their own length, so rows with few annotations do not pay for the terms of rows
+    with many."""
+    levels = split_levels(prep.data)
     # The globals come from one device; every device gets its own copy.
-    impl = str(jax.random.key_impl(key))
-    outs, order = [], []
-    for i, lev in enumerate(split_levels(prep.data)):
-        k = key if i == 0 else jax.random.fold_in(key, i)
-        k, prior_d, deltas_d, stars_d = replicate_on(
-            devs, (jax.random.key_data(k), prior, deltas, stars)
-        )
-        program = summaries_program(
-            compile_options(lev.data.num_rows * lev.num_terms, devs[0].platform)
-        )
-        out = program(
-            k,
-            shard_rows(pad(lev.data, len(devs)), devs),
-            prior_d,
-            deltas_d,
-            stars_d,
-            num_terms=polynomial_terms(lev.num_terms - 1, prior.degree),
-            level=level,
-            per_delta=per_delta,
-            devices=devs,
-            key_impl=impl,
-        )
-        out = local_arrays(tuple(out))  # several processes: gathered
-        outs.append(out)
-        order.append(lev.rows)
-    if len(outs) == 1:
-        # Padded: callers index the real rows, and a slice to the data's own row count
-        # would compile a program for every data size.
-        return outs[0]
-    back = jnp.asarray(np.argsort(np.concatenate(order)))
-    sizes = tuple(len(r) for r in order)
-    return tuple(
-        None if parts[0] is None else _reassemble(parts, back, sizes) for parts in zip(*outs)
+    k, prior_d, deltas_d, stars_d = replicate_on(
+        devs, (jax.random.key_data(key), prior, deltas, stars)
     )
-
-
-@functools.partial(jax.jit, static_argnums=(2,))
-def _reassemble(parts: tuple, back: Array, sizes: tuple[int, ...]) -> Array:
-    """The levels' outputs (each padded past its ``sizes`` real rows) in the data's row
-    order, as one program rather than a slice, a concatenation and a gather each."""
-    return jnp.concatenate([x[:n] for x, n in zip(parts, sizes)])[back]
+    work = sum(lev.data.num_rows * lev.num_terms for lev in levels)
+    program = summaries_program(compile_options(work, devs[0].platform))
+    out = program(
+        k,
+        shard_rows(pad_levels(prep.data, levels, len(devs)), devs),
+        prior_d,
+        deltas_d,
+        stars_d,
+        num_terms=tuple(polynomial_terms(lev.num_terms - 1, prior.degree) for lev in levels),
+        level=level,
+        per_delta=per_delta,
+        devices=devs,
+        key_impl=str(jax.random.key_impl(key)),
+    )
+    return local_arrays(tuple(out))  # several processes: gathered
 
 
 def _intervals(draws, level: float) -> np.ndarray:

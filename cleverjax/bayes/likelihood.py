@@ -860,10 +860,11 @@ def responsibilities(data: SPAData, rows: RowPart, t: TPart) -> Float[Array, "ro
 
 
 def posterior_mean_given(
-    data: SPAData, rows: RowPart, t: TPart, mean_t: Array, resp: Array | None = None
+    data: SPAData, rows: RowPart, t: TPart | None, mean_t: Array, resp: Array | None = None
 ) -> Float[Array, "rows classes"]:
     """Exact posterior mean of p for each row, from the two parts and ``entry_mean_t``
-    (``resp``: the rows' :func:`responsibilities`, when already computed)."""
+    (``resp``: the rows' :func:`responsibilities`, when already computed; ``t`` is then
+    not needed)."""
     dtype = rows.a_rest.dtype
     if resp is None:
         resp = responsibilities(data, rows, t)

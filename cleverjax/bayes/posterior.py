@@ -9,15 +9,17 @@ block; the part in ``t`` once per block and delta draw.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from .._random import categorical, flat_draw, log_gamma, log_gamma_rows
 from .data import SPAData, numpy_rng
@@ -31,11 +33,9 @@ from .likelihood import (
     dirichlet_index,
     entry_degree,
     entry_moments_t,
-    log_marginal,
     pair_log_weights,
     pick_weights,
     posterior_mean_given,
-    responsibilities,
     row_part,
     t_basis,
     t_part_given,
@@ -92,43 +92,119 @@ def stratified_index(all_deltas, num: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------
 
 
-def _search(cdf: Array, row: Array, u: Array) -> Array:
-    """Index of the first entry above ``u`` in row ``row`` of the ``(rows, terms)`` table
-    ``cdf`` (binary search, one gather of one number per step, so that no (draws,
-    terms) array is formed)."""
-    num_terms = cdf.shape[-1]
-    lo = jnp.zeros(u.shape, jnp.int32)
-    hi = jnp.full(u.shape, num_terms - 1, jnp.int32)
+class EntryView(eqx.Module):
+    """What the row-level steps need of every entry given one draw of the globals, for
+    the entries of one or several levels (tables whose polynomials differ in length, see
+    :func:`cleverjax.bayes.data.split_levels`) side by side: the rows of every level then
+    share one program, whatever their polynomials' lengths.
+
+    Attributes:
+        log_t: ``(entries, comps)`` log of the integral over t (:class:`TPart`).
+        moments: raw posterior moments of t, ``(entries, comps)`` each
+            (:func:`entry_moments_t`; empty when not needed).
+        a_t: ``(entries, comps)`` Beta prior of t.
+        b_t: ``(entries, comps)``.
+        u: ``(entries,)`` unbiased annotations on the proposal.
+        rest: ``(entries,)`` the polynomial's degree plus M minus u.
+        degree: ``(entries,)`` the polynomial's degree in t.
+        cdf: ``(cells,)`` cumulative weights of the Beta terms of t, per entry and
+            Dirichlet component, every entry's terms one after another (empty when no
+            draws are needed).
+        start: ``(entries,)`` where the entry's terms begin in ``cdf``.
+        terms: ``(entries,)`` the entry's number of terms (its level's).
+        max_terms: static; the most terms of any entry.
+    """
+
+    log_t: Float[Array, "entries comps"]
+    moments: tuple[Array, ...]
+    a_t: Float[Array, "entries comps"]
+    b_t: Float[Array, "entries comps"]
+    u: Float[Array, " entries"]
+    rest: Float[Array, " entries"]
+    degree: Float[Array, " entries"]
+    cdf: Float[Array, " cells"]
+    start: Int[Array, " entries"]
+    terms: Int[Array, " entries"]
+    max_terms: int = eqx.field(static=True)
+
+
+def level_view(table, prior: Prior, t: TPart, moments=(), offset: int = 0, *, cdf: bool = True):
+    """The :class:`EntryView` of one table's entries from their :class:`TPart`, its terms
+    placed from ``offset`` in the cells of several tables (``cdf=False``: none)."""
+    dtype = t.log_mix.dtype
+    num, num_dcomps, num_terms = t.log_mix.shape
+    degree = entry_degree(table, prior)
+    cells = jnp.cumsum(_term_weights(t.log_mix), axis=-1).reshape(-1) if cdf else jnp.zeros(0)
+    start = offset + jnp.arange(num, dtype=jnp.int32) * (num_dcomps * num_terms)
+    return EntryView(
+        log_t=t.log_t,
+        moments=tuple(moments),
+        a_t=t.a_t,
+        b_t=t.b_t,
+        u=table.u.astype(dtype),
+        rest=(table.m + degree - table.u).astype(dtype),
+        degree=degree.astype(dtype),
+        cdf=cells.astype(dtype),
+        start=start,
+        terms=jnp.full((num,), num_terms, jnp.int32),
+        max_terms=num_terms,
+    )
+
+
+def entry_view(tables, prior: Prior, bases, log_ws, order: int, *, cdf: bool = True) -> EntryView:
+    """The entries of every table (``bases``: their :func:`t_basis`; ``log_ws``: each
+    table's pair weights at one draw of the globals) in one :class:`EntryView`, with
+    ``order`` raw moments of t; the tables' entries follow one another in the order
+    given."""
+    views, offset = [], 0
+    for table, basis, log_w in zip(tables, bases, log_ws):
+        t = t_part_given(table, prior, basis, pick_weights(log_w, table.rho, table.pair))
+        moments = entry_moments_t(table, prior, t, order)
+        views.append(level_view(table, prior, t, moments, offset, cdf=cdf))
+        offset += math.prod(t.log_mix.shape) if cdf else 0
+    if len(views) == 1:
+        return views[0]
+    names = [f.name for f in dataclasses.fields(EntryView) if f.name != "max_terms"]
+    joined = {
+        name: jax.tree.map(lambda *x: jnp.concatenate(x), *(getattr(v, name) for v in views))
+        for name in names
+    }
+    return EntryView(**joined, max_terms=max(v.max_terms for v in views))
+
+
+def _search(cdf: Array, first: Array, last: Array, u: Array, num_terms: int) -> Array:
+    """Offset from ``first`` of the first entry above ``u`` in ``cdf[first:last + 1]``
+    (binary search over at most ``num_terms`` entries, one gather of one number per step,
+    so that no (draws, terms) array is formed)."""
+    lo, hi = first, last
     for _ in range(max(1, math.ceil(math.log2(num_terms)))):
         mid = (lo + hi) // 2
-        below = cdf[row, mid] <= u
+        below = cdf[mid] <= u
         lo = jnp.where(below, mid + 1, lo)
         hi = jnp.where(below, hi, mid)
-    return lo
+    return jnp.minimum(lo, last) - first  # u rounded up to the total: the last term
 
 
-def _gamma_shapes(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num_draws: int):
+def _gamma_shapes(key, data: SPAData, prior: Prior, rows: RowPart, view: EntryView, num_draws):
     """The random steps of :func:`sample_p` before its Gamma draws: a component per draw,
     then a Beta term of t. Returns the ``(draws, rows, 2 + classes)`` Gamma shapes (t's
     Beta pair, then r's Dirichlet, 1 on the proposal) and each draw's component kind."""
     k_z, k_s = jax.random.split(key)
-    dtype = t.log_mix.dtype
+    dtype = view.a_t.dtype
     num_classes = data.counts.shape[1]
-    z = categorical(k_z, log_marginal(data, rows, t), shape=(num_draws,))  # a component
+    z = categorical(k_z, view.log_t[data.entry] + rows.log_rest, shape=(num_draws,))
     entry = jnp.broadcast_to(data.entry[None, :], z.shape)
-    cdf = jnp.cumsum(_term_weights(t.log_mix), axis=-1)  # (entries, dcomps, terms)
-    num_dcomps, num_terms = cdf.shape[1:]
     zd = jnp.asarray(dirichlet_index(prior)[1], entry.dtype)[z]  # among the Dirichlet ones
-    u = flat_draw(jax.random.uniform, k_s, z.shape, dtype) * cdf[entry, zd, -1]
-    cdf_rows = cdf.reshape(-1, num_terms)
-    s = jnp.minimum(_search(cdf_rows, entry * num_dcomps + zd, u), num_terms - 1)
-    table = data.table
-    degree = entry_degree(table, prior)
+    terms = view.terms[entry]
+    first = view.start[entry] + zd * terms
+    last = first + terms - 1
+    u = flat_draw(jax.random.uniform, k_s, z.shape, dtype) * view.cdf[last]
+    s = _search(view.cdf, first, last, u, view.max_terms)
     kind = jnp.asarray(prior.kind)[z]
     # A spike's one term (its t is set to 0 or 1 below; its Beta pair stays valid).
-    s = jnp.where(kind == 0, s, jnp.where(kind == 1, 0, degree[entry])).astype(dtype)
-    a = t.a_t[entry, z] + table.u[entry].astype(dtype) + s
-    b = t.b_t[entry, z] + (table.m + degree - table.u)[entry].astype(dtype) - s
+    s = jnp.where(kind == 0, s.astype(dtype), jnp.where(kind == 1, 0.0, view.degree[entry]))
+    a = view.a_t[entry, z] + view.u[entry] + s
+    b = view.b_t[entry, z] + view.rest[entry] - s
     is_rho = _is_rho(data.proposals, num_classes)[None]
     a_rest = rows.a_rest[jnp.arange(data.num_rows)[None, :], z]  # (draws, rows, K)
     shapes = jnp.concatenate([a[..., None], b[..., None], jnp.where(is_rho, 1.0, a_rest)], axis=-1)
@@ -153,25 +229,27 @@ def sample_p(key, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num_draw
     in log space (tiny concentrations underflow a plain Gamma draw to 0) and in one call
     of the bulk sampler ``log_gamma``, so that the program holds one copy of its loop."""
     k_shapes, k_g = jax.random.split(key)
-    shapes, kind = _gamma_shapes(k_shapes, data, prior, rows, t, num_draws)
+    view = level_view(data.table, prior, t)
+    shapes, kind = _gamma_shapes(k_shapes, data, prior, rows, view, num_draws)
     log_g = log_gamma(k_g, shapes, t.log_mix.dtype)
     return _p_from_gammas(log_g, kind, _is_rho(data.proposals, data.counts.shape[1])[None])
 
 
-def sample_p_rows(keys, data: SPAData, prior: Prior, rows: RowPart, t: TPart, num_draws: int):
+def sample_p_rows(keys, data: SPAData, prior: Prior, rows: RowPart, view: EntryView, num_draws):
     """``(rows, draws, classes)`` exact draws of p, each row from its own key: row ``i``
     gets what :func:`sample_p` gives it alone with ``keys[i]``, and all rows share one
-    rejection loop for their Gamma draws."""
+    rejection loop for their Gamma draws. ``view``: the entries (:func:`level_view` of
+    one table's :class:`TPart`, or :func:`entry_view` of several)."""
 
     def one(k, i):
         sel = i[None]
         part = RowPart(rows.log_rest[sel], rows.a_rest[sel])
         k_shapes, k_g = jax.random.split(k)
-        shapes, kind = _gamma_shapes(k_shapes, data.take(sel), prior, part, t, num_draws)
+        shapes, kind = _gamma_shapes(k_shapes, data.take(sel), prior, part, view, num_draws)
         return k_g, shapes[:, 0], kind[:, 0]
 
     k_g, shapes, kind = jax.vmap(one)(keys, jnp.arange(data.num_rows))
-    log_g = log_gamma_rows(k_g, shapes, t.log_mix.dtype)  # (rows, draws, 2 + classes)
+    log_g = log_gamma_rows(k_g, shapes, view.a_t.dtype)  # (rows, draws, 2 + classes)
     return _p_from_gammas(log_g, kind, _is_rho(data.proposals, data.counts.shape[1])[:, None])
 
 
@@ -352,7 +430,7 @@ def summaries(
     deltas: Array | DifficultyDelta,
     stars: Array,
     *,
-    num_terms: int,
+    num_terms: tuple[int, ...],
     level: float,
     per_delta: int,
     devices: tuple,
@@ -362,6 +440,11 @@ def summaries(
     credible intervals from ``per_delta`` exact draws per draw of the globals (none, and
     ``lower`` and ``upper`` ``None``, when ``per_delta`` is 0).
 
+    ``data.table`` is a tuple of entry tables, one per level of annotation counts (see
+    :func:`cleverjax.bayes.data.pad_levels`), whose polynomials have ``num_terms`` terms;
+    ``data.entry`` indexes their entries one after another. Only the entries' part
+    depends on the polynomials' length: the rows of every level go through one program.
+
     The weights ``W_s`` are computed once per delta draw and the delta-free part once per
     row, and the predictive moments of the acceptance counts come from the same pass.
     Every row draws from its own key (the key folded with the row's index), so the
@@ -370,33 +453,38 @@ def summaries(
     other inputs.
     """
     key = jax.random.wrap_key_data(key_data, impl=key_impl)
-    table = data.table
     # Per (c, N) pair, not per entry: a large N makes the entries many times the pairs.
-    log_ws = jax.lax.map(
-        lambda ds: pair_log_weights(table.pair_c, table.pair_n, ds[0], ds[1], num_terms),
-        (deltas, stars),
-    )  # (draws, [classes,] pairs, terms)
+    log_ws = tuple(
+        jax.lax.map(
+            lambda ds, table=table, n=n: pair_log_weights(
+                table.pair_c, table.pair_n, ds[0], ds[1], n
+            ),
+            (deltas, stars),
+        )
+        for table, n in zip(data.table, num_terms)
+    )  # each (draws, [classes,] pairs, terms)
     num_classes = data.counts.shape[1]
 
     def block_fn(block: SPAData, ids, rep):
         log_ws, base, prior, deltas, stars = rep
         rows = row_part(block, prior)
-        basis = t_basis(block.table, prior, num_terms)  # delta-free: once for every draw
+        # delta-free: once for every draw
+        bases = [t_basis(table, prior, n) for table, n in zip(block.table, num_terms)]
 
         def per_draw(args):
             log_w, k, delta, star = args
-            log_w = pick_weights(log_w, block.table.rho, block.table.pair)
-            t = t_part_given(block.table, prior, basis, log_w)
-            resp = responsibilities(block, rows, t)
-            moments = entry_moments_t(block.table, prior, t, moments_needed(delta))
-            mean = posterior_mean_given(block, rows, t, moments[0], resp)
-            acc = accepted_moments(block, resp, moments, delta, star)
+            view = entry_view(
+                block.table, prior, bases, log_w, moments_needed(delta), cdf=per_delta > 0
+            )
+            resp = jax.nn.softmax(view.log_t[block.entry] + rows.log_rest, axis=-1)
+            mean = posterior_mean_given(block, rows, None, view.moments[0], resp)
+            acc = accepted_moments(block, resp, view.moments, delta, star)
             if not per_delta:  # no intervals asked for
                 return mean, acc, None
             keys = jax.vmap(lambda i: jax.random.fold_in(k, i))(ids)
-            return mean, acc, sample_p_rows(keys, block, prior, rows, t, per_delta)
+            return mean, acc, sample_p_rows(keys, block, prior, rows, view, per_delta)
 
-        keys = jax.random.split(base, log_ws.shape[0])
+        keys = jax.random.split(base, stars.shape[0])
         means, acc, draws = jax.lax.map(per_draw, (log_ws, keys, deltas, stars))
         lower = upper = None
         if per_delta:
@@ -406,7 +494,10 @@ def summaries(
 
     num_draws = stars.shape[0]
     per_row = num_draws * max(per_delta, 1) * num_classes
-    shared = num_draws * data.table.num_entries * prior.weights.shape[1] * num_terms
+    comps = prior.weights.shape[1]
+    shared = sum(
+        num_draws * table.num_entries * comps * n for table, n in zip(data.table, num_terms)
+    )
     return map_rows(
         block_fn,
         data,
