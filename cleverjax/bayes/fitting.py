@@ -472,12 +472,15 @@ def cut_grid(calibration: SPAData, prior: Prior, config: ModelConfig) -> tuple:
     """``(grid, log_post)``: delta's exact posterior given ``prior`` and the calibration
     rows ``calibration`` (padded; see :func:`exact_draws_apply` and
     :func:`cleverjax.bayes.exact.grid_posterior`)."""
+    # The calibration rows' own polynomial length: a few long rows elsewhere in the data
+    # would otherwise make every grid point pay for their terms.
+    most = int(np.max(np.asarray(calibration.table.n), initial=0))
     return grid_posterior(
         calibration,
         prior,
         float(config.one_star),
         config.delta_prior,
-        num_terms=config.num_terms,
+        num_terms=polynomial_terms(most, degree(config)),
         num_points=EXACT_GRID_POINTS,
     )
 
