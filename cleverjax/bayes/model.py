@@ -5,6 +5,7 @@ plain uncollapsed model for checks."""
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -519,28 +520,34 @@ def negative_elbo(params: dict, data, frozen, config: ModelConfig) -> Array:
         frozen = (frozen,) if isinstance(data, SPAData) else tuple(frozen)
         node_w, live = tuple(f.log_w for f in frozen), tuple(f.live for f in frozen)
 
-    def at(zi, frozen_w):
-        values, delta, star, log_q = _globals_at(params, zi, config)
+    def globals_at(zi):
+        values, _, star, log_q = _globals_at(params, zi, config)
         log_joint = _delta_log_prior(params, values, zi[0], config) - log_q
         if "one_star" in values:
             log_joint = log_joint + dist.Beta(*config.one_star_prior).log_prob(star)
-        for d, n, r, b, f, lv in zip(levels, terms, rows, bases, frozen_w, live):
-            if not cut:
-                log_w = table_log_weights(d.table, delta, star, n)
-                log_t = t_part_given(d.table, prior, b, log_w).log_t
-            elif lv.c.shape[0] == 0:  # no calibration entry: all weights frozen
-                log_t = t_part_given(d.table, prior, b, f).log_t
-            else:
-                log_t = cut_log_t(d.table, prior, b, f, lv, delta, star, n)
-            log_joint = log_joint + jnp.sum(
-                d.weight * logsumexp(log_t[d.entry] + r.log_rest, axis=-1)
-            )
         return log_joint
 
-    if max(terms) <= 64:
-        values = jax.vmap(at)(z, node_w)
-    else:
-        values = jax.lax.map(lambda a: at(*a), (z, node_w))
+    def level_at(zi, frozen_w, d, n, r, b, lv):
+        _, delta, star, _ = _globals_at(params, zi, config)
+        if not cut:
+            log_w = table_log_weights(d.table, delta, star, n)
+            log_t = t_part_given(d.table, prior, b, log_w).log_t
+        elif lv.c.shape[0] == 0:  # no calibration entry: all weights frozen
+            log_t = t_part_given(d.table, prior, b, frozen_w).log_t
+        else:
+            log_t = cut_log_t(d.table, prior, b, frozen_w, lv, delta, star, n)
+        return jnp.sum(d.weight * logsumexp(log_t[d.entry] + r.log_rest, axis=-1))
+
+    values = jax.vmap(globals_at)(z)
+    # Each level maps over the nodes by itself: all at once where its polynomials are
+    # short, one node at a time where they are long (bounded memory); a few long rows
+    # then leave the short rows' computation as it is without them.
+    for d, n, r, b, f, lv in zip(levels, terms, rows, bases, node_w, live):
+        fn = functools.partial(level_at, d=d, n=n, r=r, b=b, lv=lv)
+        if n <= 64:
+            values = values + jax.vmap(fn)(z, f)
+        else:
+            values = values + jax.lax.map(lambda a, fn=fn: fn(*a), (z, f))
     return -jnp.sum(w * values)
 
 
