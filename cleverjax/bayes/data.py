@@ -483,7 +483,14 @@ def pad(data: SPAData, multiple: int = 1) -> SPAData:
     The padded arrays are NumPy arrays (padding on the host costs no compiled programs);
     they go to devices in one transfer."""
     rows = bucket(data.num_rows, multiple, doubling_below=ROWS_DOUBLING_BELOW)
-    table = data.table
+    fields = [_pad_rows(x, rows) for x in data[:6]]
+    fields[4] = fields[4].copy()
+    fields[4][data.num_rows :] = 0.0
+    return SPAData(*fields, pad_table(data.table))
+
+
+def pad_table(table: EntryTable) -> EntryTable:
+    """``table`` with entries, pairs and basis keys padded as :func:`pad` pads them."""
     entries = bucket(table.num_entries, doubling_below=ENTRIES_DOUBLING_BELOW)
     # A level has at most N + 1 pairs per N; padding to that bound keeps data sets with
     # one N, whatever their counts, on one shape. Up to PAIRS_PAD_LIMIT only: each pair
@@ -492,16 +499,12 @@ def pad(data: SPAData, multiple: int = 1) -> SPAData:
     terms = int(np.max(np.asarray(table.pair_n), initial=0)) + 1
     pairs = bucket(max(table.pair_c.shape[0], min(terms, PAIRS_PAD_LIMIT)))
     bases = bucket(table.basis_entry.shape[0], doubling_below=ENTRIES_DOUBLING_BELOW)
-    table = EntryTable(
+    return EntryTable(
         *(_pad_rows(x, entries) for x in table[:8]),
         pair_c=_pad_rows(table.pair_c, pairs),
         pair_n=_pad_rows(table.pair_n, pairs),
         basis_entry=_pad_rows(table.basis_entry, bases),
     )
-    fields = [_pad_rows(x, rows) for x in data[:6]]
-    fields[4] = fields[4].copy()
-    fields[4][data.num_rows :] = 0.0
-    return SPAData(*fields, table)
 
 
 def pad_levels(data: SPAData, levels: list[Level], multiple: int = 1) -> SPAData:
@@ -509,15 +512,15 @@ def pad_levels(data: SPAData, levels: list[Level], multiple: int = 1) -> SPAData
     entry table per level (each padded as :func:`pad` pads a table) as ``table``, a
     tuple: ``entry`` indexes the levels' entries one after another. The form that
     :func:`cleverjax.bayes.posterior.summaries` takes."""
+    tables = tuple(pad_table(lev.data.table) for lev in levels)
+    if len(levels) == 1:
+        return pad(data, multiple)._replace(table=tables)
     entry = np.zeros(data.num_rows, np.int32)
-    tables, offset = [], 0
-    for lev in levels:
-        table = pad(lev.data).table
+    offset = 0
+    for lev, table in zip(levels, tables):
         entry[lev.rows] = np.asarray(lev.data.entry) + offset
         offset += table.num_entries
-        tables.append(table)
-    rows = pad(data._replace(entry=entry, table=data.table), multiple)
-    return rows._replace(table=tuple(tables))
+    return pad(data._replace(entry=entry), multiple)._replace(table=tables)
 
 
 def spans_processes(devices) -> bool:
