@@ -375,6 +375,24 @@ def test_sorting_network_and_intervals_match_numpy(n, select, monkeypatch):
     np.testing.assert_array_equal(np.asarray(posterior.sort_last(jnp.asarray(x))), np.sort(x, -1))
 
 
+def test_term_search_stays_in_each_entrys_span():
+    """The Beta-term search over entries of different lengths side by side (one flat CDF)
+    finds what a search of each entry's own CDF finds, and never leaves the entry's span
+    (a u at the span's total, as float rounding can give, picks its last term)."""
+    rng = np.random.default_rng(5)
+    lengths = [3, 11, 1, 64, 7]
+    cdfs = [np.cumsum(rng.dirichlet(np.full(n, 0.3))).astype(np.float32) for n in lengths]
+    flat = jnp.asarray(np.concatenate(cdfs))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    for cdf, first, n in zip(cdfs, starts, lengths):
+        u = np.concatenate([rng.uniform(size=50) * cdf[-1], [0.0, cdf[-1]]]).astype(np.float32)
+        got = posterior._search(
+            flat, jnp.full(u.shape, first), jnp.full(u.shape, first + n - 1), jnp.asarray(u), 64
+        )
+        want = np.minimum(np.searchsorted(cdf, u, side="right"), n - 1)
+        np.testing.assert_array_equal(np.asarray(got), want)
+
+
 def test_row_draws_do_not_depend_on_the_batch():
     """Each row's draws are those of its key alone, whichever rows are drawn with it."""
     counts = np.array([[2, 5, 1], [0, 9, 0], [4, 1, 3]])
