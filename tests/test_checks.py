@@ -259,7 +259,7 @@ def test_rejected_classes(scenario, passes):
 @pytest.mark.parametrize("scenario, passes", [("spa", True), ("difficulty", False)])
 def test_acceptance_by_difficulty(scenario, passes):
     # 3000 calibration images: the power against delta_i = 0.1 + 0.5 (1 - p_i[rho]) is
-    # only about 0.3 with the paper's 100 (see benchmarks/model_checks.py).
+    # below 0.1 with the paper's 100 (see benchmarks/model_checks.py).
     b, rho, u = calibration_data(3, 3000, scenario)
     # delta as a fit with 1* fixed would give it: the moment estimate.
     nb, nu = b.sum(1), u.sum(1)
