@@ -993,6 +993,45 @@ def test_lbfgs_stops_inside_a_chunk_at_its_plateau():
     assert not out.converged and len(out.losses) == 60
 
 
+def test_shrinkage_log_density_by_hand():
+    """Each component's shape off its row's proposal against a Dirichlet(1 + strength *
+    target) kernel, the proposal's own share left free: the value by hand, zero gradient
+    at the target, none on the proposal's logit."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(4, 2, 3))  # rows 0-2 proposed as classes 0-2, row 3 probes
+    target = rng.dirichlet(np.ones(3), size=4)
+    got = float(model.shrinkage_log_density(jnp.asarray(logits), jnp.asarray(target), 2.5))
+    want = 0.0
+    for g in range(4):
+        off = [k for k in range(3) if k != g]
+        t = target[g, off] / target[g, off].sum()
+        for c in range(2):
+            m = np.exp(logits[g, c, off]) / np.exp(logits[g, c, off]).sum()
+            want += 2.5 * np.sum(t * np.log(m))
+    assert got == pytest.approx(want, rel=1e-5)
+    grad = jax.grad(model.shrinkage_log_density)(jnp.asarray(logits), jnp.asarray(target), 2.5)
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_array_equal(np.asarray(grad)[np.arange(3), :, np.arange(3)], 0.0)
+    at_target = np.log(np.repeat(target[:, None, :], 2, axis=1))
+    flat = jax.grad(model.shrinkage_log_density)(jnp.asarray(at_target), jnp.asarray(target), 2.5)
+    np.testing.assert_allclose(np.asarray(flat), 0.0, atol=1e-5)
+    assert np.abs(np.asarray(grad)).max() > 1e-2  # a control: away from it, a pull
+
+
+def test_row_average_labels_by_hand():
+    counts = np.array([[3, 1, 0], [0, 2, 2], [1, 1, 1]])
+    data, _ = bdata.compress(
+        np.array([0, 0, 1]), counts, np.zeros_like(counts), np.array([False, False, True])
+    )
+    got = np.asarray(model.row_average_labels(data, 3))
+    soft = (counts + 0.5) / (counts + 0.5).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(got[0], soft[:2].mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(got[3], soft[2], rtol=1e-6)  # the probe's row
+    overall = soft.mean(axis=0)  # rows without images: the overall average
+    np.testing.assert_allclose(got[1], overall, rtol=1e-6)
+    np.testing.assert_allclose(got[2], overall, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "config",
     [
@@ -1003,8 +1042,9 @@ def test_lbfgs_stops_inside_a_chunk_at_its_plateau():
             ),
             marks=pytest.mark.slow,
         ),
+        model.ModelConfig(num_classes=3, num_components=2, num_terms=11, shrinkage=5.0),
     ],
-    ids=["cut", "learned-one-star"],
+    ids=["cut", "learned-one-star", "shrinkage"],
 )
 def test_negative_elbo_equals_numpyro_quadrature_elbo(config):
     """The written-out objective of the quasi-Newton fit is NumPyro's QuadratureELBO loss
@@ -1048,6 +1088,10 @@ def test_negative_elbo_equals_numpyro_quadrature_elbo(config):
         star = config._replace(one_star=0.9)
         other, _ = objective(params, prep.data, model.freeze(frozen, prep.data, star), star)
         assert abs(float(other - want)) > 1e-3 * abs(float(want))
+    if config.shrinkage > 0:  # the hyperprior counts
+        plain = config._replace(shrinkage=0.0)
+        other, _ = objective(params, prep.data, model.freeze(frozen, prep.data, plain), plain)
+        assert abs(float(other - want)) > 1e-4 * abs(float(want))
     moved = {k: v + 0.5 if k.endswith("_loc") else v for k, v in frozen.items()}
     shifted, _ = objective(params, prep.data, model.freeze(moved, prep.data, config), config)
     assert (abs(float(shifted - want)) > 1e-3 * abs(float(want))) == (
@@ -1115,6 +1159,14 @@ def test_data_parallel_fit_matches_single_device():
             r"`num_interval_draws` must be a non-negative int; got -1",
         ),
         (dict(counts=[[1, 1]], proposals=[0], probe=[True, False]), r"`probe` must have shape"),
+        (
+            dict(counts=[[1, 1]], proposals=[0], prior_shrinkage=-1.0),
+            r"`prior_shrinkage` must be a non-negative number or None; got -1.0",
+        ),
+        (
+            dict(counts=[[1, 1]], proposals=[0], prior_shrinkage=float("nan")),
+            r"`prior_shrinkage` must be a non-negative number or None; got nan",
+        ),
     ],
 )
 def test_fit_bad_input(kwargs, match):

@@ -82,6 +82,9 @@ class ModelConfig(NamedTuple):
             ``"uniform"`` among the other classes, or ``"mixed"``: every component twice,
             once with each kernel, so that the prior's weights learn the share of images
             annotated either way.
+        shrinkage: pseudo-annotations of the hyperprior that pulls each prior component's
+            shape over the classes other than its row's proposal toward the row's average
+            label (see :func:`shrinkage_log_density`); 0: none.
     """
 
     num_classes: int
@@ -99,6 +102,7 @@ class ModelConfig(NamedTuple):
     delta_by_class: bool = False
     count_bounds: tuple[int, ...] = ()
     delta_by_difficulty: bool = False
+    shrinkage: float = 0.0
 
 
 def degree(config: ModelConfig) -> int:
@@ -171,11 +175,16 @@ def _prior_from(mean_logits, conc, weight_logits, uniform_logit, config: ModelCo
 _prior_from_jit = jax.jit(_prior_from, static_argnums=(4,))
 
 
-def _prior_params(config: ModelConfig, init: Prior) -> Prior:
+def _prior_params(config: ModelConfig, init: Prior, data: SPAData | None = None) -> Prior:
     # Simplex rows as softmax of free logits: better conditioned for Adam than
     # stick-breaking, and the logits' free offset is harmless.
     start = initial_params(config, init)
     mean_logits = numpyro.param("prior_mean_logits", start["prior_mean_logits"])
+    if config.shrinkage > 0 and data is not None:
+        target = row_average_labels(data, config.num_classes)
+        numpyro.factor(
+            "prior_shrinkage", shrinkage_log_density(mean_logits, target, config.shrinkage)
+        )
     conc = numpyro.param(
         "prior_concentration",
         start["prior_concentration"],
@@ -200,6 +209,43 @@ def prior_from_params(params: dict, config: ModelConfig) -> Prior:
     )
 
 
+def row_average_labels(levels, num_classes: int) -> Array:
+    """``(classes + 1, classes)``: the average label of each prior row's images (rows
+    grouped by proposal, probes in row K), each image's biased and unbiased counts plus
+    1/2 per class, normalised: the target of :func:`shrinkage_log_density`. ``levels``:
+    one :class:`SPAData` or a tuple of them (padding rows have weight 0)."""
+    levels = (levels,) if isinstance(levels, SPAData) else tuple(levels)
+    sums = jnp.zeros((num_classes + 1, num_classes))
+    sizes = jnp.zeros((num_classes + 1,))
+    for d in levels:
+        total = (d.counts + d.unbiased).astype(sums.dtype) + 0.5
+        soft = total / jnp.sum(total, axis=1, keepdims=True)
+        group = jnp.where(d.probe, num_classes, d.proposals)
+        sums = sums.at[group].add(d.weight[:, None] * soft)
+        sizes = sizes.at[group].add(d.weight)
+    overall = jnp.sum(sums, axis=0) / jnp.maximum(jnp.sum(sizes), 1e-30)
+    return jnp.where(sizes[:, None] > 0, sums / jnp.maximum(sizes, 1e-30)[:, None], overall)
+
+
+def shrinkage_log_density(mean_logits: Array, target: Array, strength: float) -> Array:
+    """Log density, up to a constant, of the hyperprior on the prior's component means:
+    each component's shape over the classes other than its row's proposal (all classes
+    for row K) is ``Dirichlet(1 + strength * target_off)``, ``target_off`` the row's
+    average label (:func:`row_average_labels`) on those classes, renormalised. Its mode
+    is that average; ``strength`` pseudo-annotations resist a row that has few images
+    fitting its own noise (at K = 100 each row has 100 x components mean logits). The
+    share on the proposal itself, which carries delta's information, is left free."""
+    groups, _, classes = mean_logits.shape
+    own = jnp.arange(groups)[:, None] == jnp.arange(classes)[None, :]  # (groups, classes)
+    log_off = jax.nn.log_softmax(jnp.where(own[:, None, :], -jnp.inf, mean_logits), axis=-1)
+    off = jnp.where(own, 0.0, target)
+    off = off / jnp.sum(off, axis=-1, keepdims=True)
+    terms = jnp.where(
+        own[:, None, :], 0.0, off[:, None, :] * jnp.where(own[:, None, :], 0.0, log_off)
+    )
+    return strength * jnp.sum(terms)
+
+
 def spa_model(
     data: SPAData, config: ModelConfig, init: Prior, annotators: AnnotatorData | None = None
 ) -> None:
@@ -214,7 +260,7 @@ def spa_model(
     likelihood, times its weight, in a plate over rows that can be subsampled.
     """
     delta, one_star = _globals(config)
-    prior = _prior_params(config, init)
+    prior = _prior_params(config, init, data)
     worker_delta = None
     if annotators is not None:
         spread = numpyro.sample("spread", dist.HalfNormal(1.0))
@@ -548,7 +594,11 @@ def negative_elbo(params: dict, data, frozen, config: ModelConfig) -> Array:
             values = values + jax.vmap(fn)(z, f)
         else:
             values = values + jax.lax.map(lambda a, fn=fn: fn(*a), (z, f))
-    return -jnp.sum(w * values)
+    loss = -jnp.sum(w * values)
+    if config.shrinkage > 0:
+        target = row_average_labels(levels, config.num_classes)
+        loss = loss - shrinkage_log_density(params["prior_mean_logits"], target, config.shrinkage)
+    return loss
 
 
 def spa_model_uncollapsed(
