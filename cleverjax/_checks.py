@@ -68,6 +68,15 @@ def flag_down(flag: Array) -> bool:
     return not is_traced(flag) and not bool(flag)
 
 
+def not_density(x: Array) -> Array:
+    """Entries that cannot be probabilities or densities: not finite, or negative."""
+    return ~jnp.isfinite(x) | (x < 0)
+
+
+def _off_simplex(total: Array, atol: Any) -> Array:
+    return jnp.abs(total - 1) > atol
+
+
 def _not_whole(arr: Array) -> Array:
     return ~jnp.isfinite(arr) | (arr != jnp.round(arr))
 
@@ -90,8 +99,8 @@ def _as_whole_int32(arr: Array) -> tuple[Array, Array]:
 @jax.jit
 def _simplex_flags(p: Array, atol: Array) -> tuple[Array, Array]:
     total = jnp.sum(p, axis=-1)
-    bad = jnp.any(~jnp.isfinite(p)) | jnp.any(p < 0) | jnp.any(jnp.abs(total - 1) > atol)
-    return bad, p / jnp.sum(p, axis=-1, keepdims=True)
+    bad = jnp.any(not_density(p)) | jnp.any(_off_simplex(total, atol))
+    return bad, p / total[..., None]
 
 
 @jax.jit
@@ -188,7 +197,7 @@ def check_simplex_rows(name: str, p: Array, *, atol: float = SIMPLEX_ATOL) -> Ar
         )
 
     message = f"`{name}` rows must sum to 1 (within {atol:g})"
-    p = _refuse(p, jnp.abs(total - 1) > atol, message, detail)
+    p = _refuse(p, _off_simplex(total, atol), message, detail)
     return p / jnp.sum(p, axis=-1, keepdims=True)
 
 

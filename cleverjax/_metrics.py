@@ -64,15 +64,15 @@ def kl_divergence(
         if _checks.flag_down(bad):
             return value
     # Under the caller's jit, or to say which entry is bad.
-    g = _checks.check_values(g, ~jnp.isfinite(g) | (g < 0), "`gt` must be finite and >= 0")
-    e = _checks.check_values(e, ~jnp.isfinite(e) | (e < 0), "`estimate` must be finite and >= 0")
+    g = _checks.check_values(g, _checks.not_density(g), "`gt` must be finite and >= 0")
+    e = _checks.check_values(e, _checks.not_density(e), "`estimate` must be finite and >= 0")
     return _kl_checked(g, e, exact=exact, reduce=reduce)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("exact", "reduce"))
 def _kl_checked(g: Array, e: Array, *, exact: bool, reduce: bool) -> tuple[Array, Array]:
     """Whether an input is not finite or negative, and the KL (one compiled program)."""
-    bad = jnp.any(~jnp.isfinite(g) | (g < 0)) | jnp.any(~jnp.isfinite(e) | (e < 0))
+    bad = jnp.any(_checks.not_density(g)) | jnp.any(_checks.not_density(e))
     per_image = _kl_exact(g, e) if exact else _kl_paper(g, e)
     return bad, jnp.mean(per_image) if reduce else per_image
 
