@@ -165,7 +165,7 @@ def _ground_truth(args: argparse.Namespace):
     return np.asarray(p), info.name, info
 
 
-def _read_table(path: str, rejected: str | None = None):
+def _read_table(path: str, rejected: str | None = None, classes: list[str] | None = None):
     """Read a long annotation table, skipping bad rows; say how many and where they are."""
     import cleverjax as cj
 
@@ -173,7 +173,7 @@ def _read_table(path: str, rejected: str | None = None):
         raise FileNotFoundError(f"annotation table not found: {path}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        table = cj.read_annotations(path, on_error="skip")
+        table = cj.read_annotations(path, classes=classes, on_error="skip")
     for w in caught:
         # The reader's own note on rejected rows points to a Python attribute; it is
         # restated below with the command-line option.
@@ -341,7 +341,7 @@ def _correct(args: argparse.Namespace) -> int:
 
     import cleverjax as cj
 
-    table = _read_table(args.table, args.rejected)
+    table = _read_table(args.table, args.rejected, args.classes)
     counts = cj.to_counts(table)
     shown = counts.proposals >= 0
     if not shown.any():
@@ -378,7 +378,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     import cleverjax as cj
 
-    table = _read_table(args.table, args.rejected)
+    table = _read_table(args.table, args.rejected, args.classes)
     counts = cj.to_counts(table)
     shown = counts.proposals >= 0
     if not shown.any():
@@ -599,6 +599,13 @@ def _table_in(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="write the rows that were skipped (file, row, column, value, reason) to "
         "this CSV (default: only counted in a warning)",
+    )
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="NAME",
+        help="the class names in index order; a label outside them is then a skipped row "
+        "(default: the distinct labels and proposals of the table)",
     )
 
 

@@ -196,6 +196,27 @@ def test_rejected_rows_go_to_the_file_named_in_the_warning(tmp_path, capsys):
     assert "give --rejected FILE" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("default::cleverjax.EmptyRowsWarning")  # the typo's row
+def test_classes_option_turns_a_typo_into_a_skipped_row(tmp_path, capsys):
+    rows = [f"t{i},w{j},{'cat' if (i + j) % 3 else 'dog'},{'cat' if i % 2 else 'dog'}"
+            for i in range(250) for j in range(4)]  # fmt: skip
+    rows[5] = "t1,w1,dgo,cat"
+    rows += [f"t{i},u,{'cat' if i % 3 else 'dog'}," for i in range(40)]  # calibration
+    path = tmp_path / "t.csv"
+    path.write_text("task,worker,label,proposal\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "o.csv"
+    args = ["correct", str(path), "--out", str(out)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "class 'dgo' (1 annotation) is never proposed" in err and "--classes" in err
+    assert list(pd.read_csv(out).columns) == ["task", "cat", "dgo", "dog"]
+    assert main([*args, "--classes", "cat", "dog"]) == 0
+    err = capsys.readouterr().err
+    assert "never proposed" not in err
+    assert "skipped 1 of 1040 rows" in err and "'dgo' is not a known class" in err
+    assert list(pd.read_csv(out).columns) == ["task", "cat", "dog"]
+
+
 @pytest.mark.filterwarnings("default::cleverjax.EmptyRowsWarning")
 def test_warnings_go_to_standard_error(tmp_path, capsys):
     # Calibration annotations (no proposal) for one class only: two empty rows.

@@ -1,6 +1,7 @@
 """Annotation I/O: long tables (CSV, Parquet, DataFrames), dense counts and DCIC's JSON."""
 
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -201,6 +202,43 @@ def test_dataframe_missing_values_and_integer_proposals():
     bad = df.assign(worker=["x", None, "x"])
     with pytest.raises(ValueError, match=r"<DataFrame>, row 1, column 'worker': missing value"):
         read_annotations(bad)
+
+
+def _typo_table(num_tasks=200, proposals=True):
+    """``num_tasks`` x 5 annotations of cat/dog, proposed, with one label misspelt."""
+    rng = np.random.default_rng(0)
+    rows = [
+        (
+            f"t{i}",
+            f"w{j}",
+            rng.choice(["cat", "dog"]),
+            ("cat" if i % 2 else "dog") if proposals else "",
+        )
+        for i in range(num_tasks)
+        for j in range(5)
+    ]
+    df = pd.DataFrame(rows, columns=["task", "worker", "label", "proposal"])
+    df.loc[7, "label"] = "dgo"
+    return df
+
+
+def test_rare_never_proposed_class_is_reported_as_a_typo():
+    with pytest.warns(UserWarning, match=r"class 'dgo' \(1 annotation\) is never proposed"):
+        table = read_annotations(_typo_table())
+    assert table.classes == ("cat", "dgo", "dog")  # still kept: nothing is dropped
+    # With the class list the typo is a bad row, and there is nothing to report.
+    with pytest.warns(UserWarning, match=r"rejected 1 of 1000 rows") as caught:
+        table = read_annotations(_typo_table(), classes=["cat", "dog"], on_error="skip")
+    assert not any("never proposed" in str(w.message) for w in caught)
+    assert table.classes == ("cat", "dog") and table.rejected.loc[0, "value"] == "dgo"
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_tasks=20), dict(proposals=False)])
+def test_rare_class_note_needs_a_large_table_with_proposals(kwargs):
+    # 100 annotations (one in 100 is not rare), or no proposals at all: nothing to report.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "dgo" in read_annotations(_typo_table(**kwargs)).classes
 
 
 def test_classes_argument_fixes_order():

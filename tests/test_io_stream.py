@@ -218,3 +218,24 @@ def test_one_bad_row_late_in_a_clean_table_is_found(tmp_path, batch_size, change
     with pytest.warns(UserWarning, match="rejected 1 of"):
         read = read_counts(path, classes=CLASSES, on_error="skip", batch_size=batch_size)
     assert_same(read, expected)
+
+
+@pytest.mark.parametrize("bad_row", [False, True])
+def test_rare_class_note_equals_read_annotations(tmp_path, bad_row):
+    # 1200 proposed annotations with one misspelt label; with ``bad_row`` a missing worker
+    # as well, which sends the read down its second path (survey, then checked batches).
+    rows = [(f"t{i}", f"w{j}", "cat" if (i + j) % 3 else "dog", "cat" if i % 2 else "dog")
+            for i in range(300) for j in range(4)]  # fmt: skip
+    df = pd.DataFrame(rows, columns=["task", "worker", "label", "proposal"])
+    df.loc[5, "label"] = "dgo"
+    if bad_row:
+        df.loc[9, "worker"] = None
+    path = tmp_path / "t.parquet"
+    write_table(df, path)
+    with pytest.warns(UserWarning) as streamed:
+        read_counts(path, on_error="skip")
+    with pytest.warns(UserWarning) as whole:
+        read_annotations(path, on_error="skip")
+    notes = [[str(w.message) for w in ws if "never proposed" in str(w.message)]
+             for ws in (streamed, whole)]  # fmt: skip
+    assert notes[0] == notes[1] and len(notes[0]) == 1 and "'dgo' (1 annotation)" in notes[0][0]

@@ -48,7 +48,16 @@ from .encode import (
     reject_unknown_classes,
     scheme,
 )
-from .tables import COLUMNS, CSV_SUFFIXES, ON_ERROR, PARQUET_SUFFIXES, OnError, PathIn, check_names
+from .tables import (
+    COLUMNS,
+    CSV_SUFFIXES,
+    ON_ERROR,
+    PARQUET_SUFFIXES,
+    OnError,
+    PathIn,
+    check_names,
+    warn_rare_classes,
+)
 from .types import Counts
 
 _ALL_COLUMNS = (*COLUMNS, "proposal")
@@ -576,7 +585,8 @@ def read_counts(
             row is bad.
 
     Warns:
-        UserWarning: with ``on_error="skip"``, when rows were rejected.
+        UserWarning: with ``on_error="skip"``, when rows were rejected; without
+            ``classes``, when a class looks like a typo (as :func:`read_annotations`).
 
     Examples:
         >>> import pathlib, tempfile, numpy as np, cleverjax as cj
@@ -602,7 +612,20 @@ def read_counts(
         names,
     )
     if counts is not None:  # no bad row: one read was enough
-        return CountedTable(counts, _Rejected().frame(), src.num_rows, src.shown)
+        out = CountedTable(counts, _Rejected().frame(), src.num_rows, src.shown)
+    else:
+        out = _read_with_problems(src, names, batch_size, on_error)
+    if names is None:
+        c = out.counts
+        k = len(c.classes)
+        chosen = c.biased.sum(axis=0, dtype=np.int64) + c.unbiased.sum(axis=0, dtype=np.int64)
+        proposed = np.bincount(c.proposals[c.proposals >= 0], minlength=k) > 0
+        warn_rare_classes(src.shown, c.classes, chosen, proposed, stacklevel=2)
+    return out
+
+
+def _read_with_problems(src, names, batch_size: int, on_error: str) -> CountedTable:
+    """:func:`read_counts` of a table with bad rows: a survey, then the checked batches."""
     sv = _survey(src, names, batch_size)
     k = len(sv.scheme.classes)
     st = _State(len(sv.tasks), k, sv.num_workers, src.num_rows)
@@ -633,6 +656,6 @@ def _result(
             f"{src.shown}: rejected {rejected.count} of {src.num_rows} rows (listed in "
             f"`.rejected`); first: {rejected.first[1]}",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return CountedTable(_finish(sv, st), rejected.frame(), src.num_rows, src.shown)

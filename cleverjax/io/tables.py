@@ -27,6 +27,12 @@ CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 COLUMNS = ("task", "worker", "label")
 DATAFRAME = "<DataFrame>"
+RARE_CLASS_ANNOTATIONS = 2
+"""A class found in the data (``classes`` not given) that is never proposed and chosen
+in at most this many annotations, and at most one in :data:`RARE_CLASS_SHARE`, is
+reported as a likely typo (see :func:`rare_class_note`)."""
+
+RARE_CLASS_SHARE = 1000
 
 
 def file_kind(path: PathIn, what: str) -> tuple[Path, str]:
@@ -140,7 +146,57 @@ def finish(frame: Frame, classes: Any, on_error: str, **kwargs: Any) -> Annotati
             UserWarning,
             stacklevel=3,
         )
+    if names is None:
+        k = len(table.classes)
+        shown = table.proposal[table.proposal >= 0]
+        warn_rare_classes(
+            table.source,
+            table.classes,
+            np.bincount(table.label, minlength=k),
+            np.bincount(shown, minlength=k) > 0,
+            stacklevel=3,
+        )
     return table
+
+
+def warn_rare_classes(
+    source: str, classes, chosen: np.ndarray, proposed: np.ndarray, *, stacklevel: int
+) -> None:
+    """Warn (:func:`rare_class_note`) about classes found in the data that look like
+    typos; ``stacklevel`` as the caller would give it to ``warnings.warn``."""
+    note = rare_class_note(source, classes, chosen, proposed)
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=stacklevel + 1)
+
+
+def rare_class_note(source: str, classes, chosen: np.ndarray, proposed: np.ndarray) -> str | None:
+    """A note on the classes that look like typos, or ``None``. ``chosen``: annotations
+    per class; ``proposed``: whether each class was ever shown as a proposal. In a table
+    with proposals, a class that is never proposed and chosen in at most
+    :data:`RARE_CLASS_ANNOTATIONS` annotations and at most one in
+    :data:`RARE_CLASS_SHARE` is reported (a small hand-made table is not). Each class
+    found in the data becomes a column of every image's label distribution, so a
+    misspelt label would take a share of every image's probability."""
+    if not np.any(proposed):
+        return None  # no proposals at all: nothing to tell a rare class by
+    total = int(np.sum(chosen, dtype=np.int64))
+    few = (chosen <= RARE_CLASS_ANNOTATIONS) & (chosen * RARE_CLASS_SHARE <= total)
+    rare = np.flatnonzero(~np.asarray(proposed, bool) & few)
+    if not len(rare):
+        return None
+    listed = ", ".join(
+        f"{classes[i]!r} ({chosen[i]} annotation{'s' if chosen[i] != 1 else ''})" for i in rare[:5]
+    )
+    more = f" and {len(rare) - 5} more" if len(rare) > 5 else ""
+    which = "class" if len(rare) == 1 else "classes"
+    are = "is" if len(rare) == 1 else "are"
+    return (
+        f"{source}: {which} {listed}{more} {are} never proposed and chosen by almost "
+        f"no annotator, yet each class becomes a column of every image's labels: a typo? "
+        f"Give the class "
+        f"list (`classes`, or --classes on the command line) to make an unknown label a "
+        f"bad row instead"
+    )
 
 
 def read_annotations(
@@ -197,7 +253,9 @@ def read_annotations(
         TypeError: if ``source`` is neither a path nor a DataFrame.
 
     Warns:
-        UserWarning: with ``on_error="skip"``, when rows were rejected.
+        UserWarning: with ``on_error="skip"``, when rows were rejected; without
+            ``classes``, when a class looks like a typo (never proposed, chosen in one or
+            two annotations of a large table: see :func:`rare_class_note`).
 
     Examples:
         >>> import pandas as pd, cleverjax as cj
