@@ -261,8 +261,18 @@ def _simulate(args: argparse.Namespace) -> int:
             f"--delta and --one-star must satisfy 0 <= delta < one_star <= 1; got delta "
             f"{args.delta}, one_star {args.one_star}"
         )
+    for flag, value in (
+        ("--annotations", args.annotations),
+        ("--calibration-images", args.calibration_images),
+        ("--calibration-annotations", args.calibration_annotations),
+    ):
+        if value < 0:
+            raise InputError(f"{flag} must be a count (0 or more); got {value}")
     p, name, info = _ground_truth(args)
     n, k = p.shape
+    # Calibration images are drawn among the images: at most all of them, and none when
+    # they would get no annotation.
+    num_cal = min(args.calibration_images, n) if args.calibration_annotations else 0
     classes = list(info.classes) if info is not None else [str(c) for c in range(k)]
     key = jax.random.key(args.seed)
     k_prop, k_sim, k_cal = jax.random.split(key, 3)
@@ -288,12 +298,9 @@ def _simulate(args: argparse.Namespace) -> int:
         classes=classes,
     )
     frames = [biased]
-    if args.calibration_images:
+    if num_cal:
         cal = cj.calibration_sample(
-            k_cal,
-            pj,
-            num_images=min(args.calibration_images, n),
-            num_annotations=args.calibration_annotations,
+            k_cal, pj, num_images=num_cal, num_annotations=args.calibration_annotations
         )
         unbiased = np.zeros((n, k), np.int64)
         unbiased[np.asarray(cal.indices)] = np.asarray(cal.counts)
@@ -304,8 +311,13 @@ def _simulate(args: argparse.Namespace) -> int:
         np.save(args.truth, p)
     _note(
         f"simulated {len(table)} annotations of {n} {name} images (delta {args.delta}, "
-        f"{args.annotations} with proposals per image, {args.calibration_images} "
-        f"calibration images) -> {_target(args.out)}"
+        f"{args.annotations} with proposals per image, {num_cal} calibration images"
+        + (
+            f", every image ({args.calibration_images} asked)"
+            if num_cal < args.calibration_images and num_cal
+            else ""
+        )
+        + f") -> {_target(args.out)}"
         + (f"; truth -> {args.truth}" if args.truth else "")
     )
     return 0

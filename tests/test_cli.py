@@ -107,6 +107,25 @@ def test_simulate_writes_a_readable_table(simulated):
     assert np.load(truth_path).shape == (400, 3)
 
 
+@pytest.mark.parametrize(
+    "extra,cal_images,note",
+    [
+        ([], 20, "20 calibration images, every image (100 asked)"),
+        (["--calibration-images", "5"], 5, "5 calibration images)"),
+        (["--calibration-annotations", "0"], 0, "0 calibration images)"),
+    ],
+)
+def test_simulate_says_how_many_calibration_images_it_wrote(
+    tmp_path, capsys, extra, cal_images, note
+):
+    out = tmp_path / "t.csv"
+    argv = ["simulate", "--preset", "Turkey", "--images", "20", "--delta", "0.3", "--out", str(out)]
+    assert main([*argv, *extra]) == 0
+    assert note in capsys.readouterr().err
+    counts = cj.to_counts(cj.read_annotations(out))
+    assert int((counts.unbiased.sum(axis=1) > 0).sum()) == cal_images
+
+
 def test_correct_writes_repaired_labels(simulated, capsys):
     folder, table_path, truth_path = simulated
     out = folder / "cleverlabel.csv"
@@ -387,6 +406,13 @@ def test_bench_tiny_prints_json(capsys):
                 "x.csv",
             ],
             "--delta and --one-star must satisfy 0 <= delta < one_star <= 1; got delta 1.5",
+        ),
+        *(
+            (
+                ["simulate", "--preset", "Turkey", "--images", "20", "--delta", "0.3", flag, "-1"],
+                f"{flag} must be a count (0 or more); got -1",
+            )
+            for flag in ("--annotations", "--calibration-images", "--calibration-annotations")
         ),
     ],
 )
