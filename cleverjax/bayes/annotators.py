@@ -17,7 +17,7 @@ from numpyro.infer.initialization import init_to_value
 
 from .. import _checks
 from .._random import as_typed_key
-from .data import SPAData, prepare
+from .data import SPAData, host_array, prepare
 from .fitting import (
     _identification,
     _interval,
@@ -246,15 +246,15 @@ def fit_annotators(
     workers, accepted = _annotator_arrays(table)
     n_tasks = len(proposals)
     data = SPAData(
-        jnp.asarray(proposals, jnp.int32),
-        jnp.asarray(counts.biased, jnp.int32),
-        jnp.asarray(counts.unbiased, jnp.int32),
-        jnp.asarray(no_proposal),
-        jnp.ones(n_tasks, jnp.result_type(float)),
-        jnp.zeros(n_tasks, jnp.int32),
+        host_array(proposals, np.int32),
+        host_array(counts.biased, np.int32),
+        host_array(counts.unbiased, np.int32),
+        host_array(no_proposal, bool),
+        host_array(np.ones(n_tasks), jnp.result_type(float)),
+        host_array(np.zeros(n_tasks), np.int32),
         prep.data.table,
     ).own_entries()
-    annotators = AnnotatorData(jnp.asarray(workers), jnp.asarray(accepted))
+    annotators = AnnotatorData(host_array(workers), host_array(accepted))
     config = ModelConfig(
         num_classes=counts.biased.shape[1],
         num_components=int(num_components),
@@ -330,7 +330,7 @@ def fit_annotators(
         lower=lower,
         upper=upper,
         level=float(level),
-        losses=jnp.asarray(opt.losses),
+        losses=host_array(opt.losses),
         converged=opt.converged,
         identified=identified,
         prior=prior,

@@ -42,7 +42,7 @@ from scipy import special
 
 from .. import _checks
 from .._random import as_typed_key
-from .data import EntryTable, checked_counts, numpy_rng
+from .data import EntryTable, checked_counts, host_array, numpy_rng
 from .likelihood import Prior, log_weights_counts, t_part
 
 MIN_CALIBRATION_IMAGES = 20
@@ -441,7 +441,7 @@ def _share_pmfs(prior: Prior, classes, ns, deltas, stars) -> list[np.ndarray]:
     n_all = np.concatenate([np.full(nn + 1, nn) for nn in ns])
     g_all = np.concatenate([np.full(nn + 1, g) for g, nn in zip(classes, ns)])
     zeros = np.zeros_like(c_all)
-    i32 = functools.partial(jnp.asarray, dtype=jnp.int32)
+    i32 = functools.partial(host_array, dtype=np.int32)
     own = i32(np.arange(len(c_all)))
     table = EntryTable(
         group=i32(g_all), rho=i32(g_all), c=i32(c_all), n=i32(n_all), u=i32(zeros),

@@ -255,8 +255,15 @@ def _entry_table(rho, is_probe, c, u, k: int) -> tuple[EntryTable, np.ndarray]:
     return table, entry.reshape(-1)
 
 
+def host_array(x, dtype=None) -> Array:
+    """``x`` on the default device as ``dtype``, converted on the host. ``jnp.asarray`` of
+    a NumPy array compiles a small program for each new shape (and dtype conversion),
+    which fits of data sets of many sizes would each pay for."""
+    return jax.device_put(np.asarray(x, dtype))
+
+
 def _i32(x) -> Array:
-    return jnp.asarray(x, jnp.int32)
+    return host_array(x, np.int32)
 
 
 def compress(
@@ -274,8 +281,8 @@ def compress(
         proposals=_i32(rho),
         counts=_i32(c),
         unbiased=_i32(u),
-        probe=jnp.asarray(is_probe),
-        weight=jnp.asarray(weight, jnp.result_type(float)),
+        probe=host_array(is_probe, bool),
+        weight=host_array(weight, jnp.result_type(float)),
         entry=_i32(entry),
         table=table,
     )
@@ -317,8 +324,8 @@ def restrict(data: SPAData, rows: np.ndarray) -> SPAData:
     u = np.asarray(data.unbiased)[rows].astype(np.int64)
     table, entry = _entry_table(rho, probe, c, u, c.shape[1])
     return SPAData(
-        _i32(rho), _i32(c), _i32(u), jnp.asarray(probe),
-        jnp.asarray(np.asarray(data.weight)[rows]), _i32(entry), table,
+        _i32(rho), _i32(c), _i32(u), host_array(probe, bool),
+        host_array(np.asarray(data.weight)[rows]), _i32(entry), table,
     )  # fmt: skip
 
 

@@ -38,6 +38,7 @@ from .data import (
     SPAData,
     calibrated,
     calibrated_rows,
+    host_array,
     live_pairs,
     local_arrays,
     pad,
@@ -639,7 +640,7 @@ def _nuts_draws(key, prep: Prepared, params, config: ModelConfig, init: Prior, s
     run on the calibration rows alone, which are all that inform delta under the cut."""
     data = prep.data
     if config.delta_from == "calibration":
-        data = data.take(jnp.asarray(np.flatnonzero(np.asarray(calibrated(data))), jnp.int32))
+        data = data.take(host_array(np.flatnonzero(np.asarray(calibrated(data))), np.int32))
     nuts_model = numpyro.handlers.substitute(
         spa_model, data={k: v for k, v in params.items() if k.startswith("prior_")}
     )
@@ -1070,7 +1071,7 @@ def fit(
         lower=lower,
         upper=upper,
         level=float(level),
-        losses=jnp.asarray(opt.losses),
+        losses=host_array(opt.losses),
         converged=opt.converged,
         identified=identified,
         delta_samples=all_deltas,
