@@ -193,9 +193,8 @@ def rare_class_note(source: str, classes, chosen: np.ndarray, proposed: np.ndarr
     return (
         f"{source}: {which} {listed}{more} {are} never proposed and chosen by almost "
         f"no annotator, yet each class becomes a column of every image's labels: a typo? "
-        f"Give the class "
-        f"list (`classes`, or --classes on the command line) to make an unknown label a "
-        f"bad row instead"
+        f"Give the class list (`classes`, or --classes on the command line) to make an "
+        f"unknown label a bad row instead"
     )
 
 
