@@ -2,6 +2,7 @@
 
 from . import _cache
 from . import distributed as distributed
+from ._cache import release_compiled_programs as release_compiled_programs
 from ._correction import Calibration as Calibration
 from ._correction import DeltaEstimate as DeltaEstimate
 from ._correction import EmptyRowsWarning as EmptyRowsWarning

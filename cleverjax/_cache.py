@@ -62,3 +62,45 @@ def compile_options(work: int, platform: str) -> tuple[tuple[str, int], ...]:
     if platform == "cpu" and work <= FAST_COMPILE_WORK:
         return (("xla_backend_optimization_level", 1),)
     return ()
+
+
+CROWDED_MAPS = 0.5
+"""Share of the system's memory-map limit above which :func:`release_compiled_programs`
+clears JAX's in-memory caches of compiled programs."""
+
+
+def memory_maps() -> tuple[int, int] | None:
+    """(memory maps this process holds, the system's limit per process), or ``None`` where
+    the system does not say (anything but Linux)."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            held = maps.read().count(b"\n")
+        with open("/proc/sys/vm/max_map_count") as limit:
+            return held, int(limit.read())
+    except (OSError, ValueError):
+        return None
+
+
+def release_compiled_programs(share: float = CROWDED_MAPS) -> bool:
+    """Clear JAX's in-memory caches of compiled programs when this process holds more than
+    ``share`` of the system's memory-map limit; return whether it did.
+
+    XLA's CPU code takes about 200 memory maps per compiled program, and a program stays
+    loaded while JAX's caches hold it. A long loop over many data shapes (a simulation
+    study, a coverage grid) compiles programs for each shape; on Linux (65530 maps by
+    default) the process dies inside LLVM ("Unable to allocate section memory") after about
+    300 of them. Programs released here are compiled again, or loaded from the persistent
+    compilation cache, when next needed. :func:`cleverjax.fit`, :func:`cleverjax.fit_annotators`
+    and the study runner call this before their work; a loop of your own over other JAX
+    programs can call it between steps.
+
+    Raises:
+        ValueError: if ``share`` is not a number in (0, 1].
+    """
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+        raise ValueError(f"`share` must be a number in (0, 1]; got {share!r}")
+    held = memory_maps()
+    if held is None or held[0] <= share * held[1]:
+        return False
+    jax.clear_caches()
+    return True

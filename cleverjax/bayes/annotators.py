@@ -16,6 +16,7 @@ from numpyro.infer.autoguide import AutoNormal
 from numpyro.infer.initialization import init_to_value
 
 from .. import _checks
+from .._cache import release_compiled_programs
 from .._random import as_typed_key
 from .data import SPAData, host_array, prepare
 from .fitting import (
@@ -268,6 +269,7 @@ def fit_annotators(
     identified, cal_images, cal_annotations = _identification(prep)
     if not identified:
         _warn_identification(cal_images, cal_annotations)
+    release_compiled_programs()
     k_svi, k_draw, k_prior, k_int = jax.random.split(as_typed_key(key), 4)
     init = initial_prior(prep, config)
     guide = AutoNormal(

@@ -29,7 +29,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from numpyro.infer import MCMC, NUTS, SVI
 
 from .. import _checks
-from .._cache import compile_options
+from .._cache import compile_options, release_compiled_programs
 from .._checks import ArrayIn
 from .._random import as_typed_key
 from .checks import ModelCheck, model_checks, warn_failed
@@ -936,6 +936,7 @@ def fit(
     devs = tuple(devices)
     if not devs:
         raise ValueError("`devices` must name at least one device; got an empty sequence")
+    release_compiled_programs()  # a long loop of fits over many shapes would exhaust maps
     config = ModelConfig(
         num_classes=prep.counts.shape[1],
         num_components=int(num_components),

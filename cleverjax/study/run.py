@@ -36,6 +36,7 @@ from jax.experimental import multihost_utils
 from jaxtyping import Array
 from tqdm import tqdm
 
+from .._cache import release_compiled_programs
 from .._correction import (
     EmptyRowsWarning,
     _bias_correction,
@@ -421,6 +422,7 @@ def run_study(
     )
     on_device: dict[int, Array] = {}
     for cell in todo:
+        release_compiled_programs()  # every cell's shapes compile programs of their own
         if cell.truth not in on_device:
             on_device[cell.truth] = jnp.asarray(study.truths[cell.truth].p, jnp.result_type(float))
         rows = score_cell(study, cell, on_device[cell.truth])
