@@ -234,6 +234,8 @@ def test_classes_option_turns_a_typo_into_a_skipped_row(tmp_path, capsys):
     assert "never proposed" not in err
     assert "skipped 1 of 1040 rows" in err and "'dgo' is not a known class" in err
     assert list(pd.read_csv(out).columns) == ["task", "cat", "dog"]
+    assert main([*args, "--classes", "cat", "dog", "cat"]) == 2
+    assert "--classes names 'cat' more than once" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("default::cleverjax.EmptyRowsWarning")
