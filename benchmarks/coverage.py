@@ -224,6 +224,10 @@ def main() -> None:
         "--num-components", type=int, default=None,
         help="Dirichlet components per prior row passed to fit (default: fit's own)",
     )  # fmt: skip
+    parser.add_argument(
+        "--guide-draws", action="store_true",
+        help="delta's draws from the variational guide (fit's exact_delta=False)",
+    )  # fmt: skip
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run")
     args = parser.parse_args()
     fit_kwargs: dict = dict(num_ppc_replicates=0, check_model=False)
@@ -231,6 +235,8 @@ def main() -> None:
         fit_kwargs["num_components"] = args.num_components
     if args.delta_prior is not None:
         fit_kwargs["delta_prior"] = tuple(args.delta_prior)
+    if args.guide_draws:
+        fit_kwargs["exact_delta"] = False
     if args.tiny:
         args.datasets, args.annotations, args.deltas = ["Turkey"], [5], [0.3]
         args.calibration, args.replicates, args.images = [50], 2, 300
@@ -249,6 +255,7 @@ def main() -> None:
         images=args.images, accuracy=args.accuracy, unbiased_per_image=UNBIASED_PER_IMAGE,
         level=LEVEL, seed=args.seed, delta_prior=fit_kwargs.get("delta_prior", "default"),
         num_components=fit_kwargs.get("num_components", "default"),
+        delta_draws="guide" if args.guide_draws else "exact",
     )  # fmt: skip
     base = jax.random.key(args.seed)
     cells = []
