@@ -278,7 +278,6 @@ def main() -> None:
             for r in range(args.replicates)
         ]
         cells.append(cell_line(runs, **cell))
-        cj.release_compiled_programs()
     worst = max(cells, key=lambda c: (abs(c["coverage"] - LEVEL), -c["coverage"]))
     emit(
         case="summary",

@@ -171,9 +171,10 @@ def _read_table(path: str, rejected: str | None = None, classes: list[str] | Non
 
     if not Path(path).exists():
         raise FileNotFoundError(f"annotation table not found: {path}")
-    repeated = sorted({c for c in classes or () if classes.count(c) > 1})
-    if repeated:
-        raise InputError(f"--classes names {', '.join(map(repr, repeated))} more than once")
+    if classes is not None:
+        from .io.tables import check_names
+
+        check_names("--classes", classes)  # the reader's check, naming the flag
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         table = cj.read_annotations(path, classes=classes, on_error="skip")

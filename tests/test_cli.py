@@ -235,7 +235,9 @@ def test_classes_option_turns_a_typo_into_a_skipped_row(tmp_path, capsys):
     assert "skipped 1 of 1040 rows" in err and "'dgo' is not a known class" in err
     assert list(pd.read_csv(out).columns) == ["task", "cat", "dog"]
     assert main([*args, "--classes", "cat", "dog", "cat"]) == 2
-    assert "--classes names 'cat' more than once" in capsys.readouterr().err
+    assert "`--classes` has 'cat' twice, at positions 0 and 2" in capsys.readouterr().err
+    assert main([*args, "--classes", "cat", ""]) == 2
+    assert "`--classes[1]` is an empty name" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("default::cleverjax.EmptyRowsWarning")
