@@ -26,7 +26,9 @@ interval and whether 0.90 lies inside it; whether coverage lies in the target ba
 share of replicates with |z| > 3 against the Gaussian allowance 2 (1 - Phi(3)) = 0.0027
 (one-sided binomial p-value of the observed count), mean and sd of z (mean far from 0:
 a biased estimate; sd above 1: intervals too narrow), delta's bias and RMSE, the mean
-posterior sd next to the sd of the estimates over replicates, and the median fit time
+posterior sd next to the sd of the estimates over replicates, the fit's
+``delta_widening`` (mean and range; see ``cleverjax.bayes.fitting.feedback_widening``),
+and the median fit time
 (the first fit of each shape includes compilation; the median does not see it). Then a
 summary line: cells in the target band, and the worst cell (coverage furthest from 0.90).
 
@@ -151,6 +153,7 @@ def replicate(
         z=(res.delta - delta) / sd if sd > 0 else math.copysign(math.inf, res.delta - delta),
         converged=res.converged,
         fit_s=fit_s,
+        widening=res.delta_widening,
     )
 
 
@@ -193,6 +196,11 @@ def cell_line(runs: list[dict], **cell) -> dict:
         estimate_sd=float(np.std(err, ddof=1)) if n > 1 else None,
         interval_width_mean=float(np.mean(width)),
         converged=sum(r["converged"] for r in runs),
+        widening_mean=float(np.mean([r["widening"] for r in runs])),
+        widening_range=[
+            float(min(r["widening"] for r in runs)),
+            float(max(r["widening"] for r in runs)),
+        ],
         fit_s_median=statistics.median(r["fit_s"] for r in runs),
         fit_s_max=max(r["fit_s"] for r in runs),
         z_values=[round(float(v), 3) for v in z],

@@ -24,6 +24,11 @@ from ._errors import CleverjaxError, InputError
 STDOUT = "-"
 """``--out -`` (the default for tables) writes to standard output."""
 
+WIDENING_NOTED = 1.02
+"""``fit`` mentions the widening of delta's interval (``FitResult.delta_widening``) above
+this factor (below it the interval is its posterior's given the fitted prior to within
+2 %)."""
+
 USER_ERRORS = (CleverjaxError, ValueError, OSError)
 """What the command line reports as a one-line user error. The library's validation
 raises ``ValueError`` (of which :class:`cleverjax.InputError` is one) naming the argument,
@@ -455,6 +460,11 @@ def _fit(args: argparse.Namespace) -> int:
         f"delta = {summary['delta']:.4f} ({100 * res.level:.0f}% interval {lo:.4f} to "
         f"{hi:.4f}); {len(counts.tasks)} tasks in {res.seconds:.1f} s -> {_target(args.out)}"
     )
+    if res.delta_widening > WIDENING_NOTED:
+        _note(
+            f"delta's interval is {res.delta_widening:.2f}x as wide as its posterior given "
+            f"the fitted prior: the prior moves with delta on these data (delta_widening)"
+        )
     ends = summary.get("delta_by_difficulty")
     if ends is not None:
         (h_lo, h_hi), (e_lo, e_hi) = summary["delta_by_difficulty_interval"].values()

@@ -282,6 +282,7 @@ def test_fit_passes_the_table_to_the_model_and_writes_its_results(simulated, mon
             seconds=1.5,
             step_seconds=0.1,
             stage_seconds=cj.StageSeconds(0.1, 1.0, 0.1, 0.2, 0.1),
+            delta_widening=1.2 if kwargs.get("delta_by_difficulty") else 1.0,
             **(
                 dict(
                     delta_by_difficulty=np.array([0.5, 0.2]),
@@ -303,14 +304,16 @@ def test_fit_passes_the_table_to_the_model_and_writes_its_results(simulated, mon
     info = json.loads(summary.read_text())
     assert info["delta_interval"] == [0.25, 0.35] and info["steps"] == 7
     assert info["checks"][0]["name"] == "rejected_classes" and info["checks"][0]["passed"]
-    assert "model check rejected_classes: passed (p = 0.5)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "model check rejected_classes: passed (p = 0.5)" in err and "widen" not in err
+    assert info["delta_widening"] == 1.0
     assert main([*argv, "--rejection", "uniform", "--delta-by-class"]) == 0
     assert seen["rejection"] == "uniform" and seen["delta_by_class"]
     assert main([*argv, "--delta-by-difficulty"]) == 0
     assert seen["delta_by_difficulty"] and not seen["delta_by_class"]
-    assert "delta by difficulty: 0.5000 (0.4000 to 0.6000) on the hardest" in (
-        capsys.readouterr().err
-    )
+    err = capsys.readouterr().err
+    assert "delta by difficulty: 0.5000 (0.4000 to 0.6000) on the hardest" in err
+    assert "delta's interval is 1.20x as wide as its posterior given the fitted prior" in err
 
     # --select-variant: the comparison's best fit is written, with the scores.
     def fake_compare(key, biased, proposals, **kwargs):

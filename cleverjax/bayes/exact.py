@@ -94,6 +94,7 @@ def exact_delta_posterior(
     level: float = 0.9,
     num_points: int = 256,
     delta_from: Literal["calibration", "all"] = "calibration",
+    widening: float = 1.0,
 ) -> DeltaPosterior:
     """Posterior of delta by exact integration: every label distribution is integrated
     out in closed form, and delta by quadrature on a grid refined around its mass.
@@ -113,6 +114,10 @@ def exact_delta_posterior(
         num_points: keyword-only; grid points per refinement stage.
         delta_from: keyword-only; ``"calibration"`` (only calibration and probe images
             inform delta, as in :func:`fit`) or ``"all"``.
+        widening: keyword-only; widen the posterior by this factor (>= 1) by raising the
+            likelihood to ``1 / widening**2``: :func:`fit`'s ``delta_widening``
+            reproduces the fit's posterior of delta, which allows for the fitted prior's
+            response to delta.
 
     Returns:
         A :class:`DeltaPosterior`.
@@ -128,6 +133,13 @@ def exact_delta_posterior(
     if not 0 < level < 1:
         raise ValueError(f"`level` must lie in (0, 1); got {level}")
     _checks.check_choice("delta_from", delta_from, ("calibration", "all"))
+    if not (
+        isinstance(widening, (int, float, np.floating))
+        and not isinstance(widening, bool)
+        and math.isfinite(widening)
+        and widening >= 1
+    ):
+        raise ValueError(f"`widening` must be a finite number >= 1; got {widening!r}")
     data = prep.data
     if delta_from == "calibration":
         keep = calibrated_rows(data)
@@ -135,7 +147,13 @@ def exact_delta_posterior(
             raise ValueError("no calibration images or probes: delta's posterior is its prior")
         data = restrict(data, keep)  # with only its own entries
     grid, log_post = grid_posterior(
-        pad(data), prior, one_star, (a, b), num_terms=prep.num_terms, num_points=num_points
+        pad(data),
+        prior,
+        one_star,
+        (a, b),
+        num_terms=prep.num_terms,
+        num_points=num_points,
+        temper=1.0 / float(widening) ** 2,
     )
     log_evidence = float(np.logaddexp.reduce(log_post.astype(np.float64)))
     wts = _grid_weights(log_post)
@@ -154,11 +172,14 @@ def grid_posterior(
     *,
     num_terms: int,
     num_points: int = 256,
+    temper: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The grid and the log of prior times likelihood times quadrature weight at each
     point (its softmax: each point's posterior probability) of delta given ``data`` (the
     rows that inform delta, padded) and ``prior``: Gauss-Legendre nodes over ``[0, 1*]``,
-    then again over the range that holds all but 1e-9 of the mass."""
+    then again over the range that holds all but 1e-9 of the mass. ``temper``: the
+    likelihood is raised to this power (below 1: a wider posterior, see
+    :func:`cleverjax.bayes.fitting.feedback_widening`)."""
     dtype = jnp.result_type(float)
     star = jnp.asarray(one_star, dtype)
     a, b = delta_prior
@@ -169,7 +190,7 @@ def grid_posterior(
         grid = (lo + (hi - lo) * (nodes + 1) / 2).astype(dtype)
         ll = np.asarray(log_likelihood_grid(data, prior, grid, star, pairs, num_terms=num_terms))
         log_prior = _beta_logpdf(grid.astype(np.float64) / one_star, a, b) - math.log(one_star)
-        return grid, (ll + log_prior + np.log(w * (hi - lo) / 2)).astype(dtype)
+        return grid, (temper * ll + log_prior + np.log(w * (hi - lo) / 2)).astype(dtype)
 
     grid, lp = stage(0.0, float(one_star))
     cdf = np.cumsum(_grid_weights(lp))
