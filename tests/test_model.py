@@ -650,6 +650,18 @@ def test_fit_widens_delta_where_the_prior_moves_with_it():
     assert abs(ratio - wide.delta_widening) <= 0.05 * wide.delta_widening
 
 
+def test_widening_from_the_round_maps_slope():
+    """An error that returns amplified by the slope s each round sums to 1 / (1 - s)."""
+    from cleverjax.bayes.fitting import MAX_FEEDBACK_SLOPE, widening_from_slope
+
+    assert widening_from_slope(0.0) == 1.0 and widening_from_slope(0.5) == 2.0
+    assert widening_from_slope(0.2) == pytest.approx(1.25)
+    assert widening_from_slope(-0.3) == 1.0  # a prior leaning against delta: not sharpened
+    assert widening_from_slope(3.0) == pytest.approx(1 / (1 - MAX_FEEDBACK_SLOPE))
+    with pytest.warns(cj.ConvergenceWarning, match="non-finite delta"):
+        assert widening_from_slope(float("nan")) == 1.0
+
+
 def test_widening_is_one_without_the_exact_draws(cut_case):
     _, _, _, guide_fit, _, _ = cut_case
     assert guide_fit.delta_draws == "variational" and guide_fit.delta_widening == 1.0
