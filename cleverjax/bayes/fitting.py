@@ -405,7 +405,9 @@ def _optimise(
         exact = _calibration_data(prep) if exact_draws_apply(config) else None
         work = sum(lev.data.num_rows * lev.num_terms for lev in levels)
         common["options"] = compile_options(work, device.platform)
-        return _lbfgs_fit(data, config, init, settings["progress"], common, start, exact)
+        return _lbfgs_fit(
+            data, config, init, settings["progress"], common, start, exact, settings["widen"]
+        )
     data = jax.device_put(pad(data), device)
     svi = _svi(config, optimizer)
     out = run_svi(svi, k_opt, (data,), {"init": init}, progress=settings["progress"], **common)
@@ -534,17 +536,8 @@ def feedback_widening(
     if not step > 0:
         return 1.0, 0.0
     moved = {**params, "delta_fraction_loc": np.full(loc.shape, x0 + step, loc.dtype)}
-    where = jax.tree.leaves(data)[0].sharding
-    frozen = jax.device_put(global_params(moved, config), where)
-    out = run_lbfgs(
-        negative_elbo, moved, param_constraints, (data, freeze(frozen, data, config, live)),
-        config, **common,
-    )  # fmt: skip
-    params1 = dict(out.params)
-    grid = cut_grid(exact, prior_from_params(params1, config), config)
-    x1 = float(
-        np.asarray(exact_globals(*grid, params1, config)["delta_fraction_loc"]).reshape(-1)[0]
-    )
+    _, after, _, _ = _cut_round(moved, data, config, live, exact, common)
+    x1 = float(np.asarray(after["delta_fraction_loc"]).reshape(-1)[0])
     slope = (x1 - x0) / step
     return widening_from_slope(slope), slope
 
@@ -562,6 +555,23 @@ def widening_from_slope(slope: float) -> float:
         )
         return 1.0
     return 1.0 / (1.0 - float(np.clip(slope, 0.0, MAX_FEEDBACK_SLOPE)))
+
+
+def _cut_round(params: dict, data, config: ModelConfig, live, exact, options: dict) -> tuple:
+    """One round of :func:`_lbfgs_fit`: L-BFGS (``options``: :func:`run_lbfgs`'s keywords)
+    with the globals of the images that are not calibration data frozen at ``params``'s;
+    then, with ``exact`` (the calibration rows), delta's guide set to its exact posterior
+    given the round's prior. Returns ``(optimiser output, parameters after the round,
+    frozen globals, that posterior or None)``."""
+    where = jax.tree.leaves(data)[0].sharding
+    frozen = jax.device_put(global_params(params, config), where)
+    args = (data, freeze(frozen, data, config, live))
+    out = run_lbfgs(negative_elbo, params, param_constraints, args, config, **options)
+    after, grid = dict(out.params), None
+    if exact is not None:
+        grid = cut_grid(exact, prior_from_params(after, config), config)
+        after.update(exact_globals(*grid, after, config))
+    return out, after, frozen, grid
 
 
 def exact_globals(grid, log_post, params: dict, config: ModelConfig) -> dict:
@@ -588,6 +598,7 @@ def _lbfgs_fit(
     common: dict,
     start: float | None,
     exact: SPAData | None = None,
+    widen: bool = True,
 ) -> tuple[Optimized, tuple | None, float]:
     """L-BFGS on :func:`negative_elbo`. With the cut, in rounds: the images that are not
     calibration data see the globals frozen at the previous round's, until the globals
@@ -601,12 +612,13 @@ def _lbfgs_fit(
     loss leaves its location uncertain by a fair part of its sd, and the rounds would
     wander by that much. The last round's posterior (given the fitted prior), widened
     for the prior's response to delta (:func:`feedback_widening`), is returned with the
-    result and the widening, for the draws of delta; ``None`` and 1 without ``exact``."""
+    result and the widening, for the draws of delta; ``None`` and 1 without ``exact``
+    (and the widening 1, not measured, with ``widen`` false: draws not from the grid)."""
     params = initial_params(config, init)
     if start is not None:
         loc = params["delta_fraction_loc"]
         params["delta_fraction_loc"] = np.full(loc.shape, start, loc.dtype)
-    losses, steps, seconds, state, grid = [], 0, 0.0, None, None
+    losses, steps, seconds, state = [], 0, 0.0, None
     where = jax.tree.leaves(data)[0].sharding
     cut = config.delta_from == "calibration"
     loose = cut and EARLY_ROUND_LOOSENESS > 1
@@ -615,20 +627,13 @@ def _lbfgs_fit(
         levels = (data,) if isinstance(data, SPAData) else data
         live = jax.device_put(tuple(live_pairs(d.table, config.num_classes) for d in levels), where)
     for _ in range(MAX_CUT_ROUNDS if cut else 1):
-        frozen = jax.device_put(global_params(params, config), where)
-        args = (data, freeze(frozen, data, config, live))
         # While the globals still move, a round need not polish what the next one changes.
         tolerance = common["tolerance"] * (EARLY_ROUND_LOOSENESS if loose else 1)
-        out = run_lbfgs(
-            negative_elbo, params, param_constraints, args, config,
-            resume=state, progress=progress, **{**common, "tolerance": tolerance},
-        )  # fmt: skip
+        options = {**common, "tolerance": tolerance, "resume": state, "progress": progress}
+        out, params, frozen, grid = _cut_round(params, data, config, live, exact, options)
         losses.append(out.losses)
         steps, seconds = steps + len(out.losses), seconds + out.step_seconds * len(out.losses)
-        params, state = dict(out.params), out.state
-        if exact is not None:
-            grid = cut_grid(exact, prior_from_params(params, config), config)
-            params.update(exact_globals(*grid, params, config))
+        state = out.state
         moved = max(
             np.max(np.abs(np.asarray(params[k]) - np.asarray(v))) for k, v in frozen.items()
         )
@@ -646,7 +651,7 @@ def _lbfgs_fit(
             )
             out = out._replace(converged=False)
     widening = 1.0
-    if exact is not None:
+    if exact is not None and widen:
         widening, _ = feedback_widening(
             params, data, config, live, exact, {**common, "resume": state}
         )
@@ -1050,6 +1055,7 @@ def fit(
         prior_images=prior_images,
         progress=progress,
         num_samples=int(num_samples),
+        widen=bool(exact_delta) and method == "svi",  # only the exact draws use it
     )
     k_opt, k_draw, k_int, k_ppc, k_mcmc, k_chk = jax.random.split(kd, 6)
     init = initial_prior(prep, config)
