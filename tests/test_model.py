@@ -861,6 +861,36 @@ def test_plan_calibration_more_images_narrow_the_interval():
     assert plan.recommended == (int(narrow.iloc[0]) if len(narrow) else None)
 
 
+def test_plan_calibration_widens_its_intervals(cut_case, monkeypatch, no_typecheck):
+    """Given a prior, ``widening=k`` multiplies every half-width by k (within 5 %, as the
+    tempering's sd, at sizes where the likelihood dominates the Jeffreys prior even
+    tempered) on the same simulated campaigns; without a prior the plan takes the
+    pilot fit's ``delta_widening``. Bad values are refused before any simulation."""
+    from cleverjax.bayes import plan as bplan
+
+    *_, res, _, _ = cut_case
+    p = cj.sample_ground_truth(jax.random.key(30), "Turkey", num_images=400)
+    kwargs = dict(delta=0.3, target=0.05, sizes=(100, 300), replicates=2, prior=res.prior)
+    plain = cj.plan_calibration(jax.random.key(31), p, **kwargs)
+    wide = cj.plan_calibration(jax.random.key(31), p, widening=2.0, **kwargs)
+    assert plain.widening == 1.0 and wide.widening == 2.0
+    ratio = wide.table["median_half_width"] / plain.table["median_half_width"]
+    np.testing.assert_allclose(ratio, 2.0, rtol=0.05)
+    for bad in (0.5, float("nan"), "2", True):
+        with pytest.raises(ValueError, match="`widening` must be a finite number >= 1"):
+            cj.plan_calibration(jax.random.key(31), p, widening=bad, **kwargs)
+    pilots = []
+
+    def recorded_fit(*args, **options):
+        pilots.append(fitting.fit(*args, **options))
+        return pilots[-1]
+
+    monkeypatch.setattr(bplan, "fit", recorded_fit)
+    kwargs.pop("prior")
+    planned = cj.plan_calibration(jax.random.key(32), p, **{**kwargs, "sizes": (100,)})
+    assert len(pilots) == 1 and planned.widening == pilots[0].delta_widening >= 1
+
+
 @pytest.mark.parametrize("first_order", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_divergence_raises_instead_of_returning_nan(first_order):
     import optax

@@ -209,8 +209,12 @@ def fit_annotators(
         delta_from: keyword-only; ``"calibration"`` (default): the deltas are learned from
             calibration tasks only (tasks with unbiased annotations too), a cut posterior
             as in :func:`fit`: an annotator's delta is then informed by their annotations
-            on calibration tasks. ``"all"``: every task informs the deltas through the
-            learned prior (sharper, as right as the prior family).
+            on calibration tasks. The intervals are those of the variational posterior
+            given the fitted prior; unlike :func:`fit`'s they are not widened for the
+            prior's response to delta (``delta_widening``), so on diffuse labels, where
+            that factor is above 1, they can be too narrow by about it. ``"all"``:
+            every task informs the deltas through the learned prior (sharper, as right
+            as the prior family).
         learning_rate: keyword-only; Adam's initial learning rate.
         decay_steps: keyword-only; the learning rate halves every ``decay_steps`` steps.
         max_steps: keyword-only; SVI step limit.

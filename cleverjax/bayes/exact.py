@@ -82,6 +82,20 @@ GRID_BATCH_ELEMENTS = 2**24
 of grid points at once."""
 
 
+def check_widening(widening) -> float:
+    """``widening`` as a float, or a ValueError naming it unless it is a finite number
+    >= 1 (the factor by which delta's posterior is widened, see :func:`fit`'s
+    ``delta_widening``)."""
+    if not (
+        isinstance(widening, (int, float, np.floating))
+        and not isinstance(widening, bool)
+        and math.isfinite(widening)
+        and widening >= 1
+    ):
+        raise ValueError(f"`widening` must be a finite number >= 1; got {widening!r}")
+    return float(widening)
+
+
 def exact_delta_posterior(
     counts: ArrayIn,
     proposals: ArrayIn,
@@ -133,13 +147,7 @@ def exact_delta_posterior(
     if not 0 < level < 1:
         raise ValueError(f"`level` must lie in (0, 1); got {level}")
     _checks.check_choice("delta_from", delta_from, ("calibration", "all"))
-    if not (
-        isinstance(widening, (int, float, np.floating))
-        and not isinstance(widening, bool)
-        and math.isfinite(widening)
-        and widening >= 1
-    ):
-        raise ValueError(f"`widening` must be a finite number >= 1; got {widening!r}")
+    check_widening(widening)
     data = prep.data
     if delta_from == "calibration":
         keep = calibrated_rows(data)

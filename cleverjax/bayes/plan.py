@@ -17,7 +17,7 @@ from .._checks import ArrayIn
 from .._correction import calibration_sample
 from .._random import as_typed_key
 from .._spa import propose, simulate_counts
-from .exact import exact_delta_posterior
+from .exact import check_widening, exact_delta_posterior
 from .fitting import fit
 from .likelihood import Prior
 
@@ -33,11 +33,14 @@ class CalibrationPlan(NamedTuple):
         recommended: the smallest size whose 90th-percentile half-width is at most
             ``target``, or ``None`` if no size reaches it.
         target: the half-width asked for.
+        widening: the factor the intervals were widened by for a fitted prior's
+            response to delta (``delta_widening`` of the pilot fit, or as given).
     """
 
     table: pd.DataFrame
     recommended: int | None
     target: float
+    widening: float = 1.0
 
 
 def plan_calibration(
@@ -54,6 +57,7 @@ def plan_calibration(
     replicates: int = 10,
     level: float = 0.9,
     prior: Prior | None = None,
+    widening: float | None = None,
 ) -> CalibrationPlan:
     """How many calibration images pin delta down to +-``target``? Answered by simulation.
 
@@ -64,6 +68,12 @@ def plan_calibration(
     the calibration images alone (:func:`exact_delta_posterior` with
     ``delta_from="calibration"``: what the calibration data guarantee without trusting
     the prior family), under a prior fitted once on a pilot simulation (or ``prior``).
+
+    A campaign's own :func:`fit` learns the prior with delta, and the prior's response
+    to delta amplifies the calibration data's error (:func:`fit`'s ``delta_widening``),
+    so each interval is widened by the pilot fit's ``delta_widening``: the half-widths
+    are those the campaign's fit will report. With ``prior`` given, pass the widening of
+    the fit it came from (default 1: the prior taken as known).
 
     Args:
         key: PRNG key.
@@ -78,6 +88,8 @@ def plan_calibration(
         replicates: keyword-only; simulated campaigns per size.
         level: keyword-only; credible level.
         prior: keyword-only; the label prior; by default fitted on a pilot simulation.
+        widening: keyword-only; factor (>= 1) by which delta's intervals are widened;
+            by default the pilot fit's ``delta_widening``, or 1 with ``prior`` given.
 
     Returns:
         A :class:`CalibrationPlan`.
@@ -98,6 +110,8 @@ def plan_calibration(
     if not sizes or sizes[0] < 3 or sizes[-1] > n:
         raise ValueError(f"`sizes` must be ints in [3, {n}] (the number of images); got {sizes}")
     replicates = _checks.positive_int("replicates", replicates)
+    if widening is not None:
+        widening = check_widening(widening)
     k_pilot, k_fit, k_runs = jax.random.split(as_typed_key(key), 3)
 
     def campaign(k, size):
@@ -115,7 +129,7 @@ def plan_calibration(
     if prior is None:
         # A non-converged pilot fit warns (ConvergenceWarning) rather than being hidden.
         b, r, u = campaign(k_pilot, sizes[-1])
-        prior = fit(
+        pilot = fit(
             k_fit,
             b,
             r,
@@ -124,7 +138,10 @@ def plan_calibration(
             num_ppc_replicates=0,
             num_interval_draws=2,
             check_model=False,  # simulated under SPA: nothing to check
-        ).prior
+        )
+        prior = pilot.prior
+        widening = pilot.delta_widening if widening is None else widening
+    widening = 1.0 if widening is None else widening
     rows = []
     for i, size in enumerate(sizes):
         widths, errors, covered = [], [], []
@@ -138,6 +155,7 @@ def plan_calibration(
                 one_star=one_star,
                 level=level,
                 delta_from="calibration",
+                widening=widening,
             )
             lo, hi = post.interval
             widths.append((hi - lo) / 2)
@@ -155,4 +173,4 @@ def plan_calibration(
     table = pd.DataFrame(rows)
     ok = table[table["q90_half_width"] <= target]
     recommended = int(ok["calibration_images"].iloc[0]) if len(ok) else None
-    return CalibrationPlan(table, recommended, float(target))
+    return CalibrationPlan(table, recommended, float(target), float(widening))
