@@ -29,7 +29,9 @@ class CalibrationPlan(NamedTuple):
         table: one row per calibration size: ``calibration_images``, the median and 90th
             percentile of the credible interval's half-width over replicates,
             ``rmse`` of the posterior mean, and ``coverage`` (share of intervals that
-            contain the true delta).
+            contain the true delta; the simulated campaigns are analysed with the prior
+            held fixed, where no widening is needed, so it lies above ``level`` when the
+            intervals are widened).
         recommended: the smallest size whose 90th-percentile half-width is at most
             ``target``, or ``None`` if no size reaches it.
         target: the half-width asked for.
