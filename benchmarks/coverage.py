@@ -140,6 +140,28 @@ def truth_source(name: str, data: Path, images: int) -> tuple[Truth, str, str]:
     return draw, info.name, f"{info.name} preset ({PRESET_ANNOTATIONS} annotations per soft label)"
 
 
+def simulate_campaign(
+    key: jax.Array,
+    truth: Truth,
+    *,
+    delta: float,
+    num_annotations: int,
+    num_calibration: int,
+    accuracy: float,
+) -> tuple:
+    """Fresh images, proposals, biased counts and a calibration set; returns ``(biased,
+    proposals, unbiased, key for the fit)``."""
+    k_truth, k_prop, k_bias, k_cal, k_fit = jax.random.split(key, 5)
+    p = jnp.asarray(truth(k_truth), jnp.result_type(float))
+    rho = cj.propose(k_prop, p, accuracy=accuracy)
+    biased = cj.simulate_counts(k_bias, p, rho, num_annotations=num_annotations, delta=delta)
+    cal = cj.calibration_sample(
+        k_cal, p, num_images=num_calibration, num_annotations=UNBIASED_PER_IMAGE
+    )
+    unbiased = jnp.zeros_like(biased).at[cal.indices].set(cal.counts)
+    return biased, rho, unbiased, k_fit
+
+
 def replicate(
     key: jax.Array,
     truth: Truth,
@@ -150,15 +172,11 @@ def replicate(
     accuracy: float,
     fit_kwargs: dict,
 ) -> dict:
-    """One campaign: fresh images, proposals, biased counts and calibration, then the fit."""
-    k_truth, k_prop, k_bias, k_cal, k_fit = jax.random.split(key, 5)
-    p = jnp.asarray(truth(k_truth), jnp.result_type(float))
-    rho = cj.propose(k_prop, p, accuracy=accuracy)
-    biased = cj.simulate_counts(k_bias, p, rho, num_annotations=num_annotations, delta=delta)
-    cal = cj.calibration_sample(
-        k_cal, p, num_images=num_calibration, num_annotations=UNBIASED_PER_IMAGE
-    )
-    unbiased = jnp.zeros_like(biased).at[cal.indices].set(cal.counts)
+    """One campaign (:func:`simulate_campaign`), then the fit."""
+    biased, rho, unbiased, k_fit = simulate_campaign(
+        key, truth, delta=delta, num_annotations=num_annotations,
+        num_calibration=num_calibration, accuracy=accuracy,
+    )  # fmt: skip
     t0 = time.perf_counter()
     res = cj.fit(k_fit, biased, rho, unbiased_counts=unbiased, **fit_kwargs)
     fit_s = time.perf_counter() - t0

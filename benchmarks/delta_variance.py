@@ -61,8 +61,9 @@ from cleverjax.bayes.model import (  # noqa: E402
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from coverage import DEFAULT_DATA, UNBIASED_PER_IMAGE, truth_source  # noqa: E402
+from coverage import DEFAULT_DATA, simulate_campaign, truth_source  # noqa: E402
 
+ACCURACY = 0.85  # proposer accuracy, as coverage.py's default
 PRIOR_PARAMS = ("prior_mean_logits", "prior_concentration", "prior_weight_logits")
 
 
@@ -142,14 +143,11 @@ def decomposition(res, data: SPAData, config) -> dict:
 
 
 def campaign(key, truth, *, delta: float, num_annotations: int, calibration: int) -> dict:
-    k_truth, k_prop, k_bias, k_cal, k_fit = jax.random.split(key, 5)
-    p = jnp.asarray(truth(k_truth))
-    rho = cj.propose(k_prop, p, accuracy=0.85)
-    biased = cj.simulate_counts(k_bias, p, rho, num_annotations=num_annotations, delta=delta)
-    cal = cj.calibration_sample(
-        k_cal, p, num_images=calibration, num_annotations=UNBIASED_PER_IMAGE
-    )
-    unbiased = jnp.zeros_like(biased).at[cal.indices].set(cal.counts)
+    """One campaign drawn as ``coverage.py`` draws them, fitted, and its decomposition."""
+    biased, rho, unbiased, k_fit = simulate_campaign(
+        key, truth, delta=delta, num_annotations=num_annotations,
+        num_calibration=calibration, accuracy=ACCURACY,
+    )  # fmt: skip
     res, data, config = fit_with_inputs(k_fit, biased, rho, unbiased)
     sd = float(np.std(np.asarray(res.delta_samples)))
     return dict(
