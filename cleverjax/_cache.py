@@ -7,7 +7,9 @@ default ``~/.cache/cleverjax/jax``) unless the caller has configured a cache alr
 
 Set the environment variable ``CLEVERJAX_COMPILATION_CACHE`` before importing cleverjax
 to ``off`` (or ``0``) to leave JAX's cache alone, or to a directory to use that one. The
-cache takes effect when cleverjax is imported before the first JAX compilation.
+cache takes effect when cleverjax is imported before the first JAX compilation. The
+fit's large programs are kept there in their traced form as well (see
+:mod:`cleverjax._programs`), which the same setting turns off.
 """
 
 from __future__ import annotations
@@ -103,4 +105,7 @@ def release_compiled_programs(share: float = CROWDED_MAPS) -> bool:
     if held is None or held[0] <= share * held[1]:
         return False
     jax.clear_caches()
+    from ._programs import forget_programs
+
+    forget_programs()
     return True

@@ -15,6 +15,7 @@ from jaxtyping import Array, Float
 
 from .. import _checks
 from .._checks import ArrayIn
+from .._programs import stored_call
 from .data import (
     LivePairs,
     SPAData,
@@ -196,7 +197,11 @@ def grid_posterior(
 
     def stage(lo, hi):  # on the host, but for the likelihood: no small eager programs
         grid = (lo + (hi - lo) * (nodes + 1) / 2).astype(dtype)
-        ll = np.asarray(log_likelihood_grid(data, prior, grid, star, pairs, num_terms=num_terms))
+        ll = stored_call(
+            log_likelihood_grid, data, prior, grid, star, pairs,
+            name="log_likelihood_grid", num_terms=num_terms,
+        )  # fmt: skip
+        ll = np.asarray(ll)
         log_prior = _beta_logpdf(grid.astype(np.float64) / one_star, a, b) - math.log(one_star)
         return grid, (temper * ll + log_prior + np.log(w * (hi - lo) / 2)).astype(dtype)
 

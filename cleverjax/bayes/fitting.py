@@ -31,6 +31,7 @@ from numpyro.infer import MCMC, NUTS, SVI
 from .. import _checks
 from .._cache import compile_options, release_compiled_programs
 from .._checks import ArrayIn
+from .._programs import stored_call
 from .._random import as_typed_key
 from .checks import ModelCheck, model_checks, warn_failed
 from .data import (
@@ -762,8 +763,9 @@ def _summarise(key, prep: Prepared, prior, deltas, stars, level, per_delta, devs
         devs, (jax.random.key_data(key), prior, deltas, stars)
     )
     work = sum(lev.data.num_rows * lev.num_terms for lev in levels)
-    program = summaries_program(compile_options(work, devs[0].platform))
-    out = program(
+    options = compile_options(work, devs[0].platform)
+    out = stored_call(
+        summaries_program(options),
         k,
         shard_rows(pad_levels(prep.data, levels, len(devs)), devs),
         prior_d,
@@ -774,6 +776,8 @@ def _summarise(key, prep: Prepared, prior, deltas, stars, level, per_delta, devs
         per_delta=per_delta,
         devices=devs,
         key_impl=str(jax.random.key_impl(key)),
+        name="summaries",
+        options=options,
     )
     return local_arrays(tuple(out))  # several processes: gathered
 

@@ -25,6 +25,8 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer import SVI
 from tqdm import tqdm
 
+from .._programs import stored_call
+
 
 class ConvergenceWarning(UserWarning):
     """The optimiser stopped at ``max_steps`` before the objective reached a plateau."""
@@ -300,7 +302,16 @@ def _lbfgs_programs(loss, static, constraints, chunk: int, memory: int, options:
         _, unravel = ravel_pytree(unconstrain(params))
         return constrain(unravel(x))
 
-    return start, run_chunk, params_at
+    # The largest program of a fit: kept on disk with its traced form (see _programs).
+    key = (_qualified(loss), static, _qualified(constraints), chunk, memory)
+    stored_chunk = functools.partial(
+        stored_call, run_chunk, name="lbfgs_chunk", key=key, options=options
+    )
+    return start, stored_chunk, params_at
+
+
+def _qualified(fn) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 def run_lbfgs(
