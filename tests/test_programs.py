@@ -152,3 +152,38 @@ def test_fit_program_stored_equals_plain(store):
     )
     np.testing.assert_array_equal(np.asarray(stored), np.asarray(plain))
     np.testing.assert_array_equal(np.asarray(read), np.asarray(plain))
+
+
+def _bowl(params, target, static):
+    return jnp.sum((params["x"] - target) ** 2)
+
+
+def _real(static):
+    from numpyro.distributions import constraints
+
+    return {"x": constraints.real}
+
+
+def test_lbfgs_stores_named_objectives_and_not_closures(store):
+    """A module-level objective's chunk program is stored; two closures with one name
+    and different captured values are not (their programs differ), and each reaches its
+    own minimum."""
+    from cleverjax.bayes import optimize
+
+    start = {"x": np.zeros(2, np.float32)}
+    args = dict(max_steps=60, scale=1.0, tolerance=1e-8)
+    target = jnp.asarray([1.0, -2.0])
+    out = optimize.run_lbfgs(_bowl, start, _real, (target,), None, **args)
+    np.testing.assert_allclose(out.params["x"], target, atol=1e-3)
+    assert [f.split("-")[0] for f in _files(store)] == ["lbfgs_chunk"]
+
+    def shifted(shift):
+        def loss(params, target, static):
+            return jnp.sum((params["x"] - target - shift) ** 2)
+
+        return loss
+
+    for shift in (0.0, 3.0):
+        out = optimize.run_lbfgs(shifted(shift), start, _real, (target,), None, **args)
+        np.testing.assert_allclose(out.params["x"], target + shift, atol=1e-3)
+    assert len(_files(store)) == 1

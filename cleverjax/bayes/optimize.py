@@ -302,16 +302,25 @@ def _lbfgs_programs(loss, static, constraints, chunk: int, memory: int, options:
         _, unravel = ravel_pytree(unconstrain(params))
         return constrain(unravel(x))
 
-    # The largest program of a fit: kept on disk with its traced form (see _programs).
-    key = (_qualified(loss), static, _qualified(constraints), chunk, memory)
+    # The largest program of a fit: kept on disk with its traced form (see _programs),
+    # when its functions are named module-level ones (a closure's name does not tell
+    # apart the values it captured).
+    names = _module_level_name(loss), _module_level_name(constraints)
+    if None in names:
+        return start, run_chunk, params_at
+    key = (*names, static, chunk, memory)
     stored_chunk = functools.partial(
         stored_call, run_chunk, name="lbfgs_chunk", key=key, options=options
     )
     return start, stored_chunk, params_at
 
 
-def _qualified(fn) -> str:
-    return f"{fn.__module__}.{fn.__qualname__}"
+def _module_level_name(fn) -> str | None:
+    """``module.name`` of a function defined at a module's top level, else ``None``."""
+    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not (module and name) or "<" in name or "." in name:
+        return None
+    return f"{module}.{name}"
 
 
 def run_lbfgs(
