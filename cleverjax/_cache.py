@@ -32,12 +32,17 @@ def default_cache_dir() -> Path:
     return Path(base) / "cleverjax" / "jax"
 
 
+def cache_turned_off() -> bool:
+    """Whether ``CLEVERJAX_COMPILATION_CACHE`` turns cleverjax's caches off."""
+    return os.environ.get(ENV, "").strip().lower() in _OFF
+
+
 def configure_compilation_cache() -> Path | None:
     """Point JAX's persistent compilation cache at cleverjax's directory (see the module
     docstring); return the directory, or ``None`` when it is off or the caller's own."""
-    setting = os.environ.get(ENV, "").strip()
-    if setting.lower() in _OFF or jax.config.jax_compilation_cache_dir:
+    if cache_turned_off() or jax.config.jax_compilation_cache_dir:
         return None
+    setting = os.environ.get(ENV, "").strip()
     path = Path(setting).expanduser() if setting else default_cache_dir()
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from typing import Any
 
 import jax
 
-from ._cache import _OFF, ENV
+from ._cache import cache_turned_off
 
 FOLDER = "cleverjax-programs"
 _PACKAGES = ("jax", "jaxlib", "numpyro", "optax", "equinox", "flatbuffers")
@@ -50,7 +50,7 @@ _PLAIN: set[str] = set()  # digests whose export failed: the plain jit path
 
 def program_dir() -> Path | None:
     """Where programs are stored, or ``None`` where they are not (see the module doc)."""
-    if os.environ.get(ENV, "").strip().lower() in _OFF:
+    if cache_turned_off():
         return None
     cache = jax.config.jax_compilation_cache_dir
     if not cache or "://" in str(cache) or jax.process_count() > 1:
@@ -148,7 +148,7 @@ def stored_call(jitted, *args, name: str, key=(), options: tuple = (), **static)
     if hit is None:
         path = folder / f"{name}-{digest[:40]}.exported"
         try:
-            hit = _read(path, options) if path.exists() else None
+            hit = _read(path, options)
             if hit is None:
                 plain = functools.partial(jitted.__wrapped__, **static)
                 hit = _export(path, plain, treedef, leaves, options)
